@@ -1,0 +1,136 @@
+"""TOFU evaluation of a live model, written in TOFU's official per-item log format.
+
+For each of the four evaluation splits (forget, retain, real authors, world facts) and
+each item (the first ``max_items`` rows, TOFU's ``ds_size``), this computes exactly the
+quantities TOFU's ``evaluate_util.py`` logs: the summed and mean token NLL of the answer
+given the question (EOS included), of the paraphrased answer (or, for real authors and
+world facts, the answer itself) and of each perturbed answer, a greedy generation of total
+length ``generation_max_length`` and its ROUGE-1/ROUGE-L recall (rouge-score, stemming).
+The log is read back by ``soul.eval.tofu_stats``, which aggregates it the official way.
+
+Scoring is batched across all answers of a split, sorted by length, so a forward pass
+never pads much.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from rouge_score import rouge_scorer
+
+from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa, pad_batch
+from soul.eval import tofu_stats
+
+LOG_FORMAT = "tofu-per-item/1"
+PARAPHRASE_KEY = {"forget": "paraphrased_answer", "retain": "paraphrased_answer",
+                  "real_authors": "answer", "world_facts": "answer"}
+
+
+@torch.no_grad()
+def answer_nll(model, tokenizer, template: PromptTemplate, pairs: Sequence[tuple[str, str]],
+               batch_size: int = 32) -> list[tuple[float, int]]:
+    """Summed token NLL and token count of each answer given its question (TOFU's labels)."""
+    encoded = [encode_qa(tokenizer, template, q, a) for q, a in pairs]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        labels = batch["labels"][:, 1:]
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        counts = (labels != IGNORE_INDEX).sum(-1)
+        for row, i in enumerate(idx):
+            results[i] = (nll[row].sum().item(), int(counts[row].item()))
+    return results
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, template: PromptTemplate, questions: Sequence[str],
+                     batch_size: int = 32, max_length: int = 200) -> list[str]:
+    """Greedy generations (left padding, total length ``max_length``), special tokens removed."""
+    device = next(model.parameters()).device
+    prompts = [template.generation_prompt(q) for q in questions]
+    outputs: list[str] = []
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(prompts), batch_size):
+            enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=True).to(device)
+            out = model.generate(**enc, max_length=max_length, do_sample=False, use_cache=True,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            outputs += [t.strip() for t in tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
+                                                                  skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = old_side
+    return outputs
+
+
+def evaluate_split(model, tokenizer, template: PromptTemplate, rows: Sequence[dict], split: str,
+                   batch_size: int = 32, generation_max_length: int = 200) -> dict[str, dict[str, object]]:
+    """Per-item TOFU log fields for one split (keys are item indices as strings)."""
+    para_key = PARAPHRASE_KEY[split]
+    questions = [r["question"] for r in rows]
+    n_pert = len(rows[0]["perturbed_answer"])
+    pairs = [(r["question"], r["answer"]) for r in rows]
+    pairs += [(r["question"], r[para_key]) for r in rows]
+    pairs += [(r["question"], p) for r in rows for p in r["perturbed_answer"]]
+    scores = answer_nll(model, tokenizer, template, pairs, batch_size)
+    n = len(rows)
+    gt, para, pert = scores[:n], scores[n:2 * n], scores[2 * n:]
+    generations = generate_answers(model, tokenizer, template, questions, batch_size, generation_max_length)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+
+    log: dict[str, dict[str, object]] = {k: {} for k in (
+        "avg_gt_loss", "gt_loss", "num_token_gt", "generated_text", "rouge1_recall", "rougeL_recall",
+        "average_perturb_loss", "avg_paraphrased_loss", "truth_ratio", "paraphrased_loss", "perturb_loss",
+        "num_token_paraphrased", "num_token_perturb")}
+    for i, row in enumerate(rows):
+        k = str(i)
+        item_pert = pert[i * n_pert:(i + 1) * n_pert]
+        avg_pert = [s / max(c, 1) for s, c in item_pert]
+        avg_para = para[i][0] / max(para[i][1], 1)
+        rouge = scorer.score(row["answer"], generations[i])
+        log["avg_gt_loss"][k] = gt[i][0] / max(gt[i][1], 1)
+        log["gt_loss"][k] = gt[i][0]
+        log["num_token_gt"][k] = gt[i][1]
+        log["generated_text"][k] = [template.generation_prompt(row["question"]), generations[i], row["answer"]]
+        log["rouge1_recall"][k] = rouge["rouge1"].recall
+        log["rougeL_recall"][k] = rouge["rougeL"].recall
+        log["average_perturb_loss"][k] = avg_pert
+        log["avg_paraphrased_loss"][k] = avg_para
+        # TOFU's per-item truth_ratio: geometric-mean perturbed probability over the paraphrased one.
+        log["truth_ratio"][k] = math.exp(avg_para - sum(avg_pert) / len(avg_pert))
+        log["paraphrased_loss"][k] = para[i][0]
+        log["perturb_loss"][k] = [s for s, _ in item_pert]
+        log["num_token_paraphrased"][k] = para[i][1]
+        log["num_token_perturb"][k] = [c for _, c in item_pert]
+    return log
+
+
+def evaluate_tofu(model, tokenizer, template: PromptTemplate, eval_sets: dict, max_items: int | None = 300,
+                  batch_size: int = 32, generation_max_length: int = 200) -> dict:
+    """The full per-item TOFU log of ``model`` (official variant), with a ``meta`` block."""
+    was_training = model.training
+    model.eval()
+    log: dict = {}
+    counts = {}
+    for split, file_key in tofu_stats.SPLIT_FILES.items():
+        ds = eval_sets[split]
+        rows = [ds[i] for i in range(len(ds) if max_items is None else min(max_items, len(ds)))]
+        counts[split] = len(rows)
+        log[file_key] = evaluate_split(model, tokenizer, template, rows, split, batch_size, generation_max_length)
+    log["meta"] = {"format": LOG_FORMAT, "variant": "official", "items": counts,
+                   "generation_max_length": generation_max_length, "template": template.__dict__}
+    if was_training:
+        model.train()
+    return log
+
+
+if __name__ == "__main__":
+    raise SystemExit(tofu_stats.cli())

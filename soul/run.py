@@ -1,0 +1,126 @@
+"""soul's entry point: compose the config, build, unlearn, evaluate, write.
+
+    python -m soul.run                                   # tofu-mini, tiny model, GradDiff, AdamW
+    python -m soul.run task.forget_split=forget05 seed=1
+    python -m soul.run -m objective=ga,graddiff seed=0,1 # a grid: one directory per job
+
+A run directory holds ``config.yaml`` (resolved), ``train_log.jsonl`` (one line per step),
+``tofu_eval.json`` (per-item evaluation, TOFU's format) and ``metrics.json`` (flat summary).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from soul.data.tofu import retain_split_for
+from soul.models import load_pretrained, template_from_config
+from soul.objectives import get_objective
+from soul.optim import build_optimizer
+from soul.report_table import summary_table
+from soul.tasks import build_task
+from soul.unlearn import unlearn
+
+log = logging.getLogger("soul")
+
+
+def quiet_libraries() -> None:
+    """Keep the console for soul's own progress bars and summary."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's "Using default tokenizer"
+
+OmegaConf.register_new_resolver("tofu_retain", retain_split_for, replace=True)
+OmegaConf.register_new_resolver("tofu_holdout", lambda forget: forget.replace("forget", "holdout"), replace=True)
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (a crash never leaves half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject settings that cannot work, before anything is built or downloaded."""
+    t = cfg.trainer
+    for key in ("batch_size", "grad_accum", "epochs", "max_length"):
+        if t[key] is None or t[key] < 1:
+            raise ValueError(f"trainer.{key} must be a positive integer, got {t[key]!r}")
+    if not 0 <= t.warmup_ratio < 1:
+        raise ValueError(f"trainer.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+    if t.max_grad_norm is not None and t.max_grad_norm <= 0:
+        raise ValueError(f"trainer.max_grad_norm must be positive, got {t.max_grad_norm}")
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    """One unlearning experiment; returns the metrics written to ``metrics.json``."""
+    validate(cfg)
+    quiet_libraries()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available() or cfg.device == "cpu",
+                              mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    template = template_from_config(cfg.model)
+    task = build_task(cfg)
+    task.prepare(template)
+    model_name = task.model_name()
+    objective = get_objective(cfg.objective.name)
+    objective_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.objective, resolve=True).items() if k != "name"}
+
+    model, tokenizer = load_pretrained(model_name, cfg.model.dtype, cfg.model.attn_implementation,
+                                       cfg.model.trust_remote_code)
+    model.to(accelerator.device)
+    before = task.cached_evaluate(model_name, template, model, tokenizer) if cfg.task.eval.baseline else None
+    reference = task.reference_log(template)
+
+    optimizer = build_optimizer(cfg.optim, model)
+    train = unlearn(model, tokenizer, template, task.forget_rows, task.retain_rows, objective, objective_kwargs,
+                    optimizer, cfg.trainer, accelerator, cfg.seed, out_dir / "train_log.jsonl")
+
+    if not accelerator.is_main_process:
+        return {}
+    model = accelerator.unwrap_model(model)
+    eval_log = task.evaluate(model, tokenizer, template)
+    eval_log["meta"].update(model=model_name, run_dir=str(out_dir))
+    write_json(out_dir / "tofu_eval.json", eval_log)
+    metrics = {**task.summarize(eval_log, reference), **train,
+               "task": cfg.task.name, "objective": cfg.objective.name, "optim": cfg.optim.name,
+               "seed": cfg.seed, "model": cfg.model.name, "metric_variant": "tofu-official",
+               "total_seconds": time.perf_counter() - started}
+    write_json(out_dir / "metrics.json", metrics)
+    columns = {"before": task.summarize(before, reference) if before else None, "after": metrics,
+               "retain model": task.summarize(reference, reference) if reference else None}
+    if cfg.save_model:
+        model.save_pretrained(out_dir / "model")
+        tokenizer.save_pretrained(out_dir / "model")
+    print(summary_table(f"{task.describe()} | objective={cfg.objective.name} optim={cfg.optim.name} "
+                        f"seed={cfg.seed} | {train['steps']} steps in {train['train_seconds']:.1f}s",
+                        columns, out_dir))
+    return metrics
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return metrics.get("forget_quality")
+
+
+if __name__ == "__main__":
+    main()

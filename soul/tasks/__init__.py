@@ -1,0 +1,15 @@
+"""Tasks, registered by name: each knows its data, its embedded stand-in and its evaluation."""
+
+from __future__ import annotations
+
+from soul.tasks.tofu import TofuTask
+
+TASKS = {"tofu": TofuTask}
+
+
+def build_task(cfg):
+    """The task object for ``cfg.task.name``."""
+    name = cfg.task.name
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; registered: {sorted(TASKS)}")
+    return TASKS[name](cfg)

@@ -1,0 +1,117 @@
+"""The TOFU task: fictitious-author QA, evaluated with TOFU's official statistics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from soul.data import tofu as tofu_data
+from soul.data.qa import PromptTemplate
+from soul.embedded import cache_key, ensure_tiny_tofu_models, ensure_tofu_mini, mini_config
+from soul.eval import tofu_stats
+from soul.eval.tofu import evaluate_tofu
+from soul.models import load_pretrained
+
+log = logging.getLogger(__name__)
+
+
+class TofuTask:
+    """Loads TOFU splits (hub, local or tofu-mini) and evaluates models on them."""
+
+    name = "tofu"
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.task_cfg = cfg.task
+        self.cache_dir = Path(cfg.paths.cache_dir).expanduser()
+        self.embedded_models: dict[str, Path] = {}
+        tofu_data.check_split_pair(self.task_cfg.forget_split, self.task_cfg.retain_split)
+
+    def prepare(self, template: PromptTemplate) -> None:
+        """Make the data (and, for ``model.source=embedded``, the base models) available."""
+        t, m = self.task_cfg, self.cfg.model
+        if m.source == "embedded":
+            if t.source != "embedded":
+                raise ValueError(f"model={m.name} is trained on tofu-mini, so it needs task.source=embedded "
+                                 f"(got task.source={t.source})")
+            self.embedded_models = ensure_tiny_tofu_models(self.cache_dir, t, m, template)
+            data_dir = self.embedded_models["data"]
+        elif t.source == "embedded":
+            data_dir = ensure_tofu_mini(self.cache_dir, mini_config(t), m.get("architecture", {}).get("vocab_size", 2048))
+        else:
+            data_dir = t.data_dir
+        self.data_dir = data_dir
+        self.splits = tofu_data.load_tofu(t.forget_split, t.retain_split, t.holdout_split, t.source,
+                                          data_dir, t.hub_id)
+
+    def model_name(self) -> str:
+        """What to load as the model to unlearn: a cached tiny model, a hub id or a local path."""
+        m = self.cfg.model
+        if m.source == "embedded":
+            return str(self.embedded_models["target"])
+        if m.source == "hub":
+            return m.hub_id
+        if m.source == "local":
+            if not m.get("path"):
+                raise ValueError("model.path is required for model.source=local")
+            return m.path
+        raise ValueError(f"model.source must be embedded, hub or local, got {m.source!r}")
+
+    @property
+    def forget_rows(self) -> list[dict]:
+        return self.splits.forget.to_list()
+
+    @property
+    def retain_rows(self) -> list[dict]:
+        return self.splits.retain.to_list()
+
+    def _eval_settings(self) -> dict:
+        e = self.task_cfg.eval
+        return {"max_items": e.max_items, "batch_size": e.batch_size,
+                "generation_max_length": e.generation_max_length}
+
+    def evaluate(self, model, tokenizer, template: PromptTemplate) -> dict:
+        """The per-item TOFU log of ``model`` on this task's evaluation splits."""
+        return evaluate_tofu(model, tokenizer, template, self.splits.eval_sets, **self._eval_settings())
+
+    def cached_evaluate(self, model_name: str, template: PromptTemplate, model=None, tokenizer=None) -> dict:
+        """Evaluate a fixed (not unlearned) model once and keep its log in the cache."""
+        t = self.task_cfg
+        key = cache_key(model_name, self._eval_settings(), template.__dict__, t.source, str(self.data_dir),
+                        t.hub_id, t.forget_split)
+        path = self.cache_dir / "evals" / f"{key}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        if model is None:
+            model, tokenizer = load_pretrained(model_name, self.cfg.model.dtype, self.cfg.model.attn_implementation)
+        result = self.evaluate(model, tokenizer, template)
+        result["meta"]["model"] = model_name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(path)
+        return result
+
+    def reference_log(self, template: PromptTemplate) -> dict | None:
+        """The retain model's per-item log, which forget quality is measured against."""
+        ref = self.task_cfg.eval.reference_log
+        if ref:
+            return tofu_stats.load_log(ref)
+        if "retain" in self.embedded_models:
+            return self.cached_evaluate(str(self.embedded_models["retain"]), template)
+        log.warning("no task.eval.reference_log given: forget_quality will be null. Pass the retain "
+                    "model's per-item log (soul's tofu_eval.json or TOFU's eval_log_aggregated.json).")
+        return None
+
+    @staticmethod
+    def summarize(log_: dict, reference: dict | None) -> dict:
+        return tofu_stats.summarize(log_, reference)
+
+    def describe(self) -> str:
+        t = self.task_cfg
+        return f"tofu[{t.source}] {t.forget_split}/{t.retain_split}"
+
+
