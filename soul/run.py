@@ -5,7 +5,8 @@
     python -m soul.run -m objective=ga,graddiff seed=0,1 # a grid: one directory per job
 
 A run directory holds ``config.yaml`` (resolved), ``train_log.jsonl`` (one line per step),
-``tofu_eval.json`` (per-item evaluation, TOFU's format) and ``metrics.json`` (flat summary).
+``tofu_eval.json`` (per-item evaluation, TOFU's format), ``metrics.json`` (flat summary) and
+``baseline_metrics.json`` (the same summary for the model before unlearning and the retain model).
 """
 
 from __future__ import annotations
@@ -43,6 +44,18 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's "Using default tokenizer"
 
+def job_dirname(overrides: str, max_chars: int = 96) -> str:
+    """A multirun job's directory name from its overrides: no slashes, never too long for the
+    file system (long ones keep a readable prefix plus a hash, so names stay unique and stable)."""
+    import hashlib
+
+    name = overrides.replace("/", "_") or "defaults"
+    if len(name) > max_chars:
+        name = name[:max_chars] + "-" + hashlib.sha1(overrides.encode()).hexdigest()[:10]
+    return name
+
+
+OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 OmegaConf.register_new_resolver("tofu_retain", retain_split_for, replace=True)
 OmegaConf.register_new_resolver("tofu_holdout", lambda forget: forget.replace("forget", "holdout"), replace=True)
 
@@ -107,6 +120,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     write_json(out_dir / "metrics.json", metrics)
     columns = {"before": task.summarize(before, reference) if before else None, "after": metrics,
                "retain model": task.summarize(reference, reference) if reference else None}
+    write_json(out_dir / "baseline_metrics.json", {k: v for k, v in columns.items() if k != "after"})
     if cfg.save_model:
         model.save_pretrained(out_dir / "model")
         tokenizer.save_pretrained(out_dir / "model")

@@ -80,13 +80,14 @@ class TofuTask:
     def cached_evaluate(self, model_name: str, template: PromptTemplate, model=None, tokenizer=None) -> dict:
         """Evaluate a fixed (not unlearned) model once and keep its log in the cache."""
         t = self.task_cfg
-        key = cache_key(model_name, self._eval_settings(), template.__dict__, t.source, str(self.data_dir),
-                        t.hub_id, t.forget_split)
+        m = self.cfg.model
+        key = cache_key(model_name, m.dtype, self._eval_settings(), template.__dict__, t.source,
+                        str(self.data_dir), t.hub_id, t.forget_split)
         path = self.cache_dir / "evals" / f"{key}.json"
         if path.is_file():
             return json.loads(path.read_text())
         if model is None:
-            model, tokenizer = load_pretrained(model_name, self.cfg.model.dtype, self.cfg.model.attn_implementation)
+            model, tokenizer = load_pretrained(model_name, m.dtype, m.attn_implementation, m.trust_remote_code)
         result = self.evaluate(model, tokenizer, template)
         result["meta"]["model"] = model_name
         path.parent.mkdir(parents=True, exist_ok=True)

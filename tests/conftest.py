@@ -1,0 +1,46 @@
+"""Shared test setup: offline, a private cache, and a small embedded configuration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# No test may reach a hub; everything runs on CPU.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+# A small but complete tofu-mini and tiny model: seconds instead of minutes to build.
+SMALL = [
+    "task.mini.num_authors=10", "task.mini.questions_per_author=4", "task.mini.num_holdout_authors=1",
+    "task.mini.retain_perturbed_size=8", "task.mini.real_authors_size=8", "task.mini.world_facts_size=8",
+    "model.architecture.vocab_size=400", "model.architecture.hidden_size=32",
+    "model.architecture.intermediate_size=64", "model.architecture.num_layers=2",
+    "model.base_training.epochs=4", "trainer.epochs=5", "task.eval.batch_size=16",
+    "task.eval.generation_max_length=64",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("soul_cache")
+    os.environ["SOUL_CACHE_DIR"] = str(path)
+    return path
+
+
+def run_soul(*overrides: str, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m soul.run`` in a subprocess, as a user would call it."""
+    env = {**os.environ, "SOUL_CACHE_DIR": str(cache), "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, "-m", "soul.run", *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"soul.run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc

@@ -1,0 +1,97 @@
+"""The real entry point, end to end on the embedded default (small sizes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import SMALL, run_soul
+from soul.eval import tofu_stats
+
+REQUIRED_METRICS = {"forget_quality", "model_utility", "forget_rouge", "retain_rouge", "forget_truth_ratio"}
+
+
+@pytest.fixture(scope="module")
+def first_run(cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    proc = run_soul(*SMALL, f"hydra.run.dir={out}", cache=cache_dir)
+    return out, proc
+
+
+def test_run_directory_has_metrics_log_and_per_item_eval(first_run):
+    out, proc = first_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert REQUIRED_METRICS <= metrics.keys()
+    assert 0.0 <= metrics["forget_quality"] <= 1.0 and 0.0 <= metrics["model_utility"] <= 1.0
+    steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, metrics["steps"] + 1))
+    assert {"lr", "loss", "forget_loss", "retain_loss", "grad_norm"} <= steps[0].keys()
+    # The per-item log is TOFU's format: re-aggregating it gives the metrics that were written.
+    log = tofu_stats.load_log(out / "tofu_eval.json")
+    again = tofu_stats.summarize(log)
+    assert again["model_utility"] == pytest.approx(metrics["model_utility"])
+    assert again["forget_rouge"] == pytest.approx(metrics["forget_rouge"])
+    assert "model_utility" in proc.stdout and str(out) in proc.stdout  # the summary table
+    assert (out / "config.yaml").read_text().count("forget_split: forget10") == 1
+
+
+def test_unlearning_changes_the_model(first_run):
+    out, _ = first_run
+    steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps[-1]["forget_loss"] > steps[0]["forget_loss"]  # GradDiff ascends the forget loss
+
+
+def test_base_models_are_cached_and_reused(first_run, cache_dir, tmp_path):
+    out, _ = first_run
+    assert "building the tiny" in (out / "run.log").read_text()
+    weights = sorted(cache_dir.glob("tiny_models/*/*/model.safetensors"))
+    assert len(weights) == 2  # target (full) and retain (retain90)
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    second = tmp_path / "second"
+    run_soul(*SMALL, f"hydra.run.dir={second}", cache=cache_dir)
+    assert "building the tiny" not in (second / "run.log").read_text()
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+    # A setting that determines the base models gives a new cache entry, never a stale model.
+    third = tmp_path / "third"
+    run_soul(*SMALL, "model.base_training.seed=1", f"hydra.run.dir={third}", cache=cache_dir)
+    assert "building the tiny" in (third / "run.log").read_text()
+
+
+def test_same_seed_same_result(first_run, cache_dir, tmp_path):
+    out, _ = first_run
+    again = tmp_path / "again"
+    run_soul(*SMALL, f"hydra.run.dir={again}", cache=cache_dir)
+    a = [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+    b = [json.loads(x)["loss"] for x in (again / "train_log.jsonl").read_text().splitlines()]
+    assert a == b
+
+
+def test_multirun_grid_gets_one_directory_per_job(cache_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_soul("-m", "objective=ga,graddiff", "seed=0,1", *SMALL, "trainer.max_steps=2",
+             f"hydra.sweep.dir={sweep}", cache=cache_dir)
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").is_file())
+    assert len(jobs) == 4
+    combos = {(json.loads((j / "metrics.json").read_text())["objective"],
+               json.loads((j / "metrics.json").read_text())["seed"]) for j in jobs}
+    assert combos == {("ga", 0), ("ga", 1), ("graddiff", 0), ("graddiff", 1)}
+
+
+def test_unknown_choice_lists_the_options(cache_dir):
+    proc = run_soul("optim=nope", cache=cache_dir, check=False)
+    assert proc.returncode != 0
+    assert "optim/nope" in proc.stderr and "adamw" in proc.stderr
+
+
+def test_impossible_split_pair_fails_before_training(cache_dir, tmp_path):
+    proc = run_soul(*SMALL, "task.forget_split=forget05", "task.retain_split=retain90",
+                    f"hydra.run.dir={tmp_path}", cache=cache_dir, check=False)
+    assert proc.returncode != 0
+    assert "forget05" in proc.stderr and "retain90" in proc.stderr and "retain95" in proc.stderr
+    assert not (tmp_path / "train_log.jsonl").exists()
+
+
+def test_bad_trainer_value_names_the_key(cache_dir, tmp_path):
+    proc = run_soul(*SMALL, "trainer.batch_size=0", f"hydra.run.dir={tmp_path}", cache=cache_dir, check=False)
+    assert proc.returncode != 0 and "trainer.batch_size" in proc.stderr
