@@ -103,9 +103,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     before = task.cached_evaluate(model_name, template, model, tokenizer) if cfg.task.eval.baseline else None
     reference = task.reference_log(template)
 
-    optimizer = build_optimizer(cfg.optim, model)
+    optimizer, curvature = build_optimizer(cfg.optim, model, cfg.seed)
     train = unlearn(model, tokenizer, template, task.forget_rows, task.retain_rows, objective, objective_kwargs,
-                    optimizer, cfg.trainer, accelerator, cfg.seed, out_dir / "train_log.jsonl")
+                    optimizer, cfg.trainer, accelerator, cfg.seed, out_dir / "train_log.jsonl", curvature)
 
     if not accelerator.is_main_process:
         return {}

@@ -1,0 +1,55 @@
+"""Influence unlearning (IU): the static, one-shot second-order update SOUL makes iterative.
+
+    theta <- theta + scale * (H_r + damping * I)^-1  grad L_f(theta)
+
+with a diagonal ``H_r`` estimated on retain data: the empirical Fisher (mean squared gradient
+of the retain NLL, true labels) or GNB (labels sampled from the model). The runner feeds the
+retain curvature passes through ``update_hessian()`` and the gradient of the objective (GA,
+i.e. ``-L_f``) through ``.grad``, then takes the single ``step()``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class InfluenceUnlearning(torch.optim.Optimizer):
+    """One damped diagonal Newton step; ``update_hessian()`` averages squared gradients."""
+
+    one_shot = True
+
+    def __init__(self, params, scale: float = 1.0, damping: float = 1e-3):
+        if damping <= 0:
+            raise ValueError(f"iu: damping must be > 0, got {damping}")
+        super().__init__(params, dict(lr=scale, damping=damping))
+
+    @torch.no_grad()
+    def update_hessian(self) -> None:
+        """Running mean of ``grad^2`` over the calls so far."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "hessian" not in state:
+                    state["hessian"] = torch.zeros_like(p)
+                    state["passes"] = 0
+                state["passes"] += 1
+                state["hessian"].add_(p.grad * p.grad - state["hessian"], alpha=1.0 / state["passes"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """``theta <- theta - scale * grad / (h + damping)`` (``grad`` of -L_f, so L_f rises)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                h = self.state[p].get("hessian")
+                if h is None:
+                    raise RuntimeError("iu: step() before any update_hessian(): no retain curvature")
+                p.addcdiv_(p.grad, h + group["damping"], value=-group["lr"])
+        return loss

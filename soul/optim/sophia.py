@@ -1,0 +1,155 @@
+"""SophiaG (Liu et al. 2023), the optimizer behind SOUL, with switches for SOUL's own variant.
+
+Per parameter, ``step(bs)`` does (published SophiaG, github.com/Liuhong99/Sophia):
+
+    theta <- theta * (1 - lr * weight_decay)
+    m     <- beta1 * m + (1 - beta1) * g
+    theta <- theta - lr * clip(m / (rho * bs * h + eps), -1, 1)
+
+and ``update_hessian()`` folds the current ``.grad`` into the curvature EMA,
+``h <- beta2 * h + (1 - beta2) * g^2``. Which gradient that is, and how often, is the
+estimator's business (``soul.optim.curvature``): GNB (labels sampled from the model),
+Hutchinson (``u * Hu``), or, in SOUL's official code, the step's own gradient.
+
+The switches reproduce the official SOUL code exactly when set as in ``conf/optim/soul_ref.yaml``:
+
+* ``hessian_in_step=True``: ``step()`` first calls ``update_hessian()`` on the step's gradient
+  (SOUL refreshes curvature every step from the unlearning loss's own squared gradient);
+* ``double_momentum=True``: the momentum EMA is applied twice per step (SOUL's
+  ``update_exp_avg()`` plus the update's own), so beta1 acts as beta1^2;
+* ``bs``: fixed at 5120 in SOUL (never passed); soul's ``sophia`` passes the label tokens of each step.
+
+The update uses multi-tensor ``torch._foreach_*`` kernels; ``clip(m / d, -1, 1)`` equals the
+published ``sign(m) * min(|m| / d, 1)`` bit for bit, with one temporary fewer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class SophiaG(torch.optim.Optimizer):
+    """Sophia with a diagonal curvature EMA and element-wise clipping; see the module docstring."""
+
+    def __init__(self, params, lr: float = 1e-4, betas=(0.965, 0.99), rho: float = 0.04,
+                 weight_decay: float = 1e-1, *, maximize: bool = False, capturable: bool = False,
+                 bs: int = 5120, eps: float = 1e-15, hessian_in_step: bool = False,
+                 double_momentum: bool = False, clamp_negative_curvature: bool = False,
+                 track_diagnostics: bool = True):
+        if lr < 0.0:
+            raise ValueError(f"SophiaG: invalid learning rate {lr}")
+        if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"SophiaG: betas must be in [0, 1), got {betas}")
+        if rho < 0.0:
+            raise ValueError(f"SophiaG: invalid rho {rho}")
+        if weight_decay < 0.0:
+            raise ValueError(f"SophiaG: invalid weight_decay {weight_decay}")
+        if capturable:
+            raise ValueError("SophiaG: capturable=True (CUDA graphs) is not supported")
+        defaults = dict(lr=lr, betas=tuple(betas), rho=rho, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults)
+        self.bs = bs
+        self.eps = eps
+        self.hessian_in_step = hessian_in_step
+        self.double_momentum = double_momentum
+        self.clamp_negative_curvature = clamp_negative_curvature
+        self.track_diagnostics = track_diagnostics
+        self._diag: dict[str, torch.Tensor] = {}
+
+    def _state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["hessian"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _grads(self, group) -> tuple[list, list]:
+        params = [p for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads)
+        return params, grads
+
+    @torch.no_grad()
+    def update_hessian(self) -> None:
+        """``h <- beta2 * h + (1 - beta2) * grad^2`` for every parameter with a gradient."""
+        for group in self.param_groups:
+            beta2 = group["betas"][1]
+            params, grads = self._grads(group)
+            if not params:
+                continue
+            hessians = [self._state(p)["hessian"] for p in params]
+            torch._foreach_mul_(hessians, beta2)
+            torch._foreach_addcmul_(hessians, grads, grads, value=1 - beta2)
+
+    @torch.no_grad()
+    def update_exp_avg(self) -> None:
+        """``m <- beta1 * m + (1 - beta1) * grad``: the extra momentum update of SOUL's code."""
+        for group in self.param_groups:
+            beta1 = group["betas"][0]
+            params, grads = self._grads(group)
+            if params:
+                exp_avgs = [self._state(p)["exp_avg"] for p in params]
+                torch._foreach_mul_(exp_avgs, beta1)
+                torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+
+    @torch.no_grad()
+    def step(self, closure=None, bs: int | None = None):
+        """One Sophia update with ``bs`` (default ``self.bs``) in the clipping denominator."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        bs = self.bs if bs is None else bs
+        if self.hessian_in_step:
+            self.update_hessian()
+        if self.double_momentum:
+            self.update_exp_avg()
+        clipped = torch.zeros(())
+        total_abs = torch.zeros(())
+        numel = 0
+        for group in self.param_groups:
+            params, grads = self._grads(group)
+            if not params:
+                continue
+            beta1 = group["betas"][0]
+            lr, wd, rho = group["lr"], group["weight_decay"], group["rho"]
+            states = [self._state(p) for p in params]
+            exp_avgs = [s["exp_avg"] for s in states]
+            hessians = [s["hessian"] for s in states]
+            torch._foreach_add_([s["step"] for s in states], 1.0)
+            if wd != 0:
+                torch._foreach_mul_(params, 1 - lr * wd)
+            torch._foreach_mul_(exp_avgs, beta1)
+            torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+            denom = torch._foreach_mul(hessians, rho * bs)
+            if self.clamp_negative_curvature:  # Hutchinson estimates can be negative
+                torch._foreach_clamp_min_(denom, 0.0)
+            torch._foreach_add_(denom, self.eps)
+            update = torch._foreach_div(exp_avgs, denom)
+            del denom
+            torch._foreach_clamp_min_(update, -1.0)
+            torch._foreach_clamp_max_(update, 1.0)
+            if self.track_diagnostics:
+                clipped = clipped.to(params[0].device)
+                total_abs = total_abs.to(params[0].device)
+                total_abs = total_abs + torch.stack(torch._foreach_norm(update, 1)).sum().float()
+                clipped = clipped + sum((u.abs() >= 1.0).sum() for u in update).float()
+                numel += sum(u.numel() for u in update)
+            torch._foreach_add_(params, update, alpha=-lr)
+        if self.track_diagnostics and numel:
+            self._diag = {"clip_fraction": clipped / numel, "mean_update_over_lr": total_abs / numel}
+        return loss
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        """Fraction of clipped coordinates (Sophia's win rate is its complement), mean
+        |delta theta| / lr of the last step (decay excluded), and the curvature EMA's norm."""
+        if not self._diag:
+            return {}
+        hessians = [s["hessian"] for s in self.state.values() if "hessian" in s]
+        clip = float(self._diag["clip_fraction"])
+        return {"clip_fraction": clip, "win_rate": 1.0 - clip,
+                "mean_update_over_lr": float(self._diag["mean_update_over_lr"]),
+                "hessian_norm": float(torch.stack(torch._foreach_norm(hessians)).norm()) if hessians else 0.0}
