@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # for another CUDA or ROCm version pass the --index-url that PyTorch's install page gives for your platform.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-optim clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python experiments/bench_demo.py
+
+bench-optim: setup
+	$(BIN)/python experiments/bench_optim.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -63,9 +63,17 @@ def test_param_groups_skip_decay_on_norms_and_biases():
 
 def test_build_optimizer_passes_config_and_rejects_unknown():
     model = tiny_model()
-    opt = build_optimizer(OmegaConf.create({"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.95],
-                                            "eps": 1e-8, "weight_decay": 0.1}), model)
-    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.95)
+    opt, hook = build_optimizer(OmegaConf.create({"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.95],
+                                                  "eps": 1e-8, "weight_decay": 0.1}), model)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.95) and hook is None
+    opt, hook = build_optimizer(OmegaConf.create({"name": "sophia", "lr": 1e-3, "estimator": "gnb", "interval": 5,
+                                                  "weight_decay": 0.1}), model)
+    assert opt.bs_from_tokens and hook.estimator == "gnb" and hook.interval == 5
+    opt, hook = build_optimizer(OmegaConf.create({"name": "soul_ref", "lr": 1e-3, "bs": 5120, "estimator": "in_step",
+                                                  "hessian_in_step": True, "double_momentum": True}), model)
+    assert hook is None and opt.bs == 5120 and not opt.bs_from_tokens and opt.double_momentum
+    with pytest.raises(ValueError, match="optim=adamw"):
+        build_optimizer(OmegaConf.create({"name": "adamw", "lr": 1e-3, "rho": 0.1}), model)
     with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
         build_optimizer(OmegaConf.create({"name": "lion", "lr": 1e-3}), model)
 

@@ -95,3 +95,35 @@ def test_impossible_split_pair_fails_before_training(cache_dir, tmp_path):
 def test_bad_trainer_value_names_the_key(cache_dir, tmp_path):
     proc = run_soul(*SMALL, "trainer.batch_size=0", f"hydra.run.dir={tmp_path}", cache=cache_dir, check=False)
     assert proc.returncode != 0 and "trainer.batch_size" in proc.stderr
+
+
+def test_every_optimizer_runs_through_the_runner_and_logs_diagnostics(cache_dir, tmp_path):
+    sweep = tmp_path / "optims"
+    run_soul("-m", "optim=sophia,sophia_h,soul_ref,signsgd,iu", *SMALL, "trainer.max_steps=12",
+             f"hydra.sweep.dir={sweep}", cache=cache_dir)
+    logs = {}
+    for job in sweep.iterdir():
+        if (job / "metrics.json").is_file():
+            name = json.loads((job / "metrics.json").read_text())["optim"]
+            logs[name] = [json.loads(x) for x in (job / "train_log.jsonl").read_text().splitlines()]
+    assert sorted(logs) == ["iu", "signsgd", "sophia", "sophia_h", "soul_ref"]
+    for name in ("sophia", "sophia_h", "soul_ref"):
+        last = logs[name][-1]
+        assert {"clip_fraction", "win_rate", "mean_update_over_lr", "hessian_norm"} <= last.keys()
+        assert 0.0 <= last["clip_fraction"] <= 1.0 and last["hessian_norm"] > 0
+    # GNB / Hutchinson refresh every k = 10 steps: floor(12 / 10) = 1 pass; soul_ref needs none.
+    assert logs["sophia"][-1]["curvature_passes"] == 1 and logs["sophia_h"][-1]["curvature_passes"] == 1
+    assert "curvature_passes" not in logs["soul_ref"][-1]
+    assert len(logs["iu"]) == 1 and logs["iu"][0]["curvature_batches"] == 16  # one step after the retain passes
+
+
+def test_first_and_second_order_runs_share_batches_and_schedule(cache_dir, tmp_path):
+    logs = {}
+    for optim in ("adamw", "sophia"):
+        out = tmp_path / optim
+        run_soul(*SMALL, f"optim={optim}", "trainer.max_steps=6", f"hydra.run.dir={out}", cache=cache_dir)
+        logs[optim] = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    for key in ("lr", "label_tokens"):
+        assert [s[key] for s in logs["adamw"]] == [s[key] for s in logs["sophia"]]
+    # identical first step (same batch, same weights) before the optimizers diverge
+    assert logs["adamw"][0]["forget_loss"] == logs["sophia"][0]["forget_loss"]
