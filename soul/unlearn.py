@@ -165,6 +165,6 @@ def one_shot_unlearn(model, tokenizer, template: PromptTemplate, forget_rows: li
     if accelerator.is_main_process:
         with open(log_path, "w") as f:
             f.write(json.dumps({"step": 1, **totals, "curvature_batches": optimizer.retain_batches,
-                                "elapsed_s": elapsed}) + "\n")
+                                "elapsed_s": elapsed, **optimizer.diagnostics()}) + "\n")
     return {"steps": 1, "warmup_steps": 0, "train_seconds": elapsed, "steps_per_second": 1 / elapsed,
             "effective_batch": len(forget_enc)}

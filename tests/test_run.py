@@ -115,6 +115,8 @@ def test_every_optimizer_runs_through_the_runner_and_logs_diagnostics(cache_dir,
     assert logs["sophia"][-1]["curvature_passes"] == 1 and logs["sophia_h"][-1]["curvature_passes"] == 1
     assert "curvature_passes" not in logs["soul_ref"][-1]
     assert len(logs["iu"]) == 1 and logs["iu"][0]["curvature_batches"] == 16  # one step after the retain passes
+    assert logs["iu"][0]["hessian_norm"] > 0 and logs["iu"][0]["mean_update_over_lr"] > 0
+    assert 0.5 < logs["signsgd"][-1]["mean_update_over_lr"] <= 1.0
 
 
 def test_first_and_second_order_runs_share_batches_and_schedule(cache_dir, tmp_path):

@@ -16,6 +16,12 @@ class SignSGD(torch.optim.Optimizer):
         if lr < 0 or not 0.0 <= beta < 1.0 or weight_decay < 0:
             raise ValueError(f"SignSGD: invalid lr={lr}, beta={beta} or weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay))
+        self._moved = self._numel = 0
+
+    def diagnostics(self) -> dict[str, float]:
+        """Mean |delta theta| / lr of the last step (decay excluded): the share of coordinates
+        with a non-zero momentum, each of which moves by exactly lr."""
+        return {"mean_update_over_lr": float(self._moved) / self._numel} if self._numel else {}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -23,6 +29,7 @@ class SignSGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        moved, numel = torch.zeros(()), 0
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -37,5 +44,9 @@ class SignSGD(torch.optim.Optimizer):
                 torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
             torch._foreach_mul_(moms, group["beta"])
             torch._foreach_add_(moms, grads, alpha=1 - group["beta"])
-            torch._foreach_add_(params, torch._foreach_sign(moms), alpha=-group["lr"])
+            signs = torch._foreach_sign(moms)
+            torch._foreach_add_(params, signs, alpha=-group["lr"])
+            moved += torch.stack(torch._foreach_norm(signs, 1)).sum()
+            numel += sum(s.numel() for s in signs)
+        self._moved, self._numel = moved, numel
         return loss

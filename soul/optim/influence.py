@@ -44,6 +44,7 @@ class InfluenceUnlearning(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        moved, numel, h_sq = 0.0, 0, 0.0
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -51,5 +52,14 @@ class InfluenceUnlearning(torch.optim.Optimizer):
                 h = self.state[p].get("hessian")
                 if h is None:
                     raise RuntimeError("iu: step() before any update_hessian(): no retain curvature")
-                p.addcdiv_(p.grad, h + group["damping"], value=-group["lr"])
+                delta = p.grad / (h + group["damping"])
+                p.add_(delta, alpha=-group["lr"])
+                moved += float(delta.abs().sum())
+                numel += delta.numel()
+                h_sq += float(h.pow(2).sum())
+        self._diag = {"mean_update_over_lr": moved / max(numel, 1), "hessian_norm": h_sq ** 0.5}
         return loss
+
+    def diagnostics(self) -> dict[str, float]:
+        """Mean |delta theta| / scale of the single step and the norm of the retain curvature."""
+        return dict(getattr(self, "_diag", {}))
