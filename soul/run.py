@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from soul.data.tofu import retain_split_for
 from soul.models import load_pretrained, template_from_config
-from soul.objectives import get_objective
+from soul.objectives import build_objective, get_objective
 from soul.optim import build_optimizer
 from soul.report_table import summary_table
 from soul.tasks import build_task
@@ -94,8 +94,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     task = build_task(cfg)
     task.prepare(template)
     model_name = task.model_name()
-    objective = get_objective(cfg.objective.name)
-    objective_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.objective, resolve=True).items() if k != "name"}
+    spec = get_objective(cfg.objective.name)  # an unknown name fails here, before any loading
 
     model, tokenizer = load_pretrained(model_name, cfg.model.dtype, cfg.model.attn_implementation,
                                        cfg.model.trust_remote_code)
@@ -103,8 +102,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     before = task.cached_evaluate(model_name, template, model, tokenizer) if cfg.task.eval.baseline else None
     reference = task.reference_log(template)
 
-    optimizer, curvature = build_optimizer(cfg.optim, model, cfg.seed)
-    train = unlearn(model, tokenizer, template, task.forget_rows, task.retain_rows, objective, objective_kwargs,
+    ref = None
+    if spec.needs_reference:  # the frozen initial model, only for objectives that compare against it
+        ref, _ = load_pretrained(model_name, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
+        ref.to(accelerator.device).eval().requires_grad_(False)
+    hyperparameters = {k: v for k, v in OmegaConf.to_container(cfg.objective, resolve=True).items() if k != "name"}
+    objective = build_objective(cfg.objective.name, hyperparameters, model, ref, cfg.seed)
+    optimizer, curvature = build_optimizer(cfg.optim, model, cfg.seed)  # after RMU may have frozen parameters
+    train = unlearn(model, tokenizer, template, task.forget_rows, task.retain_rows, objective,
                     optimizer, cfg.trainer, accelerator, cfg.seed, out_dir / "train_log.jsonl", curvature)
 
     if not accelerator.is_main_process:

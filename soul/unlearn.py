@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa, pad_batch
-from soul.objectives import nll
+from soul.data.refusals import refusal_for
+from soul.objectives import Objective, nll
 from soul.optim.curvature import CurvatureHook, sampled_label_backward
 
 
@@ -44,6 +45,34 @@ def encode_rows(tokenizer, template: PromptTemplate, rows: list[dict], max_lengt
     return [encode_qa(tokenizer, template, r["question"], r["answer"], max_length) for r in rows]
 
 
+class BatchMaker:
+    """Encodes the forget and retain rows once (and refusals when the objective needs them) and
+    turns index lists into the padded tensor batches an objective receives."""
+
+    def __init__(self, tokenizer, template: PromptTemplate, forget_rows, retain_rows, max_length: int,
+                 refusals: bool, seed: int, device):
+        self.pad_id, self.device = tokenizer.pad_token_id, device
+        self.encoded = {"forget": encode_rows(tokenizer, template, forget_rows, max_length),
+                        "retain": encode_rows(tokenizer, template, retain_rows, max_length)}
+        if refusals:
+            rows = [{"question": r["question"], "answer": refusal_for(i, seed)} for i, r in enumerate(forget_rows)]
+            self.encoded["refusal"] = encode_rows(tokenizer, template, rows, max_length)
+
+    def __call__(self, forget_idx: list[int], retain_idx: list[int]) -> dict[str, dict[str, torch.Tensor]]:
+        batch = {}
+        for key, encoded in self.encoded.items():
+            idx = retain_idx if key == "retain" else forget_idx
+            if not idx:
+                continue
+            padded = pad_batch([encoded[i] for i in idx], self.pad_id)
+            batch[key] = {k: v.to(self.device) for k, v in padded.items()}
+        return batch
+
+    @staticmethod
+    def label_tokens(batch: dict) -> int:
+        return int(sum((b["labels"] != IGNORE_INDEX).sum() for b in batch.values()))
+
+
 def total_steps(n_forget: int, cfg: DictConfig, world_size: int = 1) -> int:
     """``trainer.max_steps`` if set, else epochs * forget examples / effective batch (ceil)."""
     if cfg.max_steps:
@@ -53,25 +82,22 @@ def total_steps(n_forget: int, cfg: DictConfig, world_size: int = 1) -> int:
 
 
 def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict], retain_rows: list[dict],
-            objective, objective_kwargs: dict, optimizer: torch.optim.Optimizer, cfg: DictConfig,
+            objective: Objective, optimizer: torch.optim.Optimizer, cfg: DictConfig,
             accelerator, seed: int, log_path: Path, curvature: CurvatureHook | None = None) -> dict:
     """Run ``objective`` with ``optimizer`` for the configured steps; append one JSON line per step."""
+    make_batch = BatchMaker(tokenizer, template, forget_rows, retain_rows, cfg.max_length,
+                            objective.needs_refusals, seed, accelerator.device)
     if getattr(optimizer, "one_shot", False):
-        return one_shot_unlearn(model, tokenizer, template, forget_rows, retain_rows, objective, objective_kwargs,
-                                optimizer, cfg, accelerator, seed, log_path)
-    forget_enc = encode_rows(tokenizer, template, forget_rows, cfg.max_length)
-    retain_enc = encode_rows(tokenizer, template, retain_rows, cfg.max_length)
-    steps = total_steps(len(forget_enc), cfg, accelerator.num_processes)
+        return one_shot_unlearn(model, make_batch, objective, optimizer, cfg, accelerator, seed, log_path)
+    n_forget, n_retain = len(forget_rows), len(retain_rows)
+    steps = total_steps(n_forget, cfg, accelerator.num_processes)
     warmup = max(1, int(cfg.warmup_ratio * steps))
     # The schedule is built on the raw optimizer and not handed to accelerate, whose scheduler
     # wrapper would step it once per process.
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, steps)
     raw_optimizer = optimizer
     model, optimizer = accelerator.prepare(model, optimizer)
-    pairs = pair_indices(len(forget_enc), len(retain_enc), cfg.batch_size, seed, accelerator.process_index)
-
-    def to_device(batch):
-        return {k: v.to(accelerator.device) for k, v in batch.items()}
+    pairs = pair_indices(n_forget, n_retain, cfg.batch_size, seed, accelerator.process_index)
 
     model.train()
     start = time.perf_counter()
@@ -81,13 +107,11 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
             totals: dict[str, float] = {"loss": 0.0}
             label_tokens = 0
             for micro in range(cfg.grad_accum):
-                f_idx, r_idx = next(pairs)
-                forget = to_device(pad_batch([forget_enc[i] for i in f_idx], tokenizer.pad_token_id))
-                retain = to_device(pad_batch([retain_enc[i] for i in r_idx], tokenizer.pad_token_id))
-                label_tokens += int((forget["labels"] != IGNORE_INDEX).sum() + (retain["labels"] != IGNORE_INDEX).sum())
+                batch = make_batch(*next(pairs))
+                label_tokens += make_batch.label_tokens(batch)
                 last = micro == cfg.grad_accum - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                    loss, terms = objective(model, forget, retain, **objective_kwargs)
+                    loss, terms = objective(model, batch)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite unlearning loss {loss.item()} at step {step}")
                     accelerator.backward(loss / cfg.grad_accum)
@@ -102,7 +126,7 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if curvature is not None and curvature.due(step):
-                curvature.run(model, raw_optimizer, forget, retain, objective, objective_kwargs, cfg.max_grad_norm)
+                curvature.run(model, raw_optimizer, batch, objective, cfg.max_grad_norm)
             record = {"step": step, "lr": lr, **totals, "grad_norm": float(grad_norm), "label_tokens": label_tokens,
                       "elapsed_s": time.perf_counter() - start}
             if curvature is not None:
@@ -121,23 +145,17 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
             "effective_batch": cfg.batch_size * cfg.grad_accum * accelerator.num_processes}
 
 
-def one_shot_unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict], retain_rows: list[dict],
-                     objective, objective_kwargs: dict, optimizer, cfg: DictConfig, accelerator, seed: int,
-                     log_path: Path) -> dict:
+def one_shot_unlearn(model, make_batch: BatchMaker, objective: Objective, optimizer, cfg: DictConfig, accelerator,
+                     seed: int, log_path: Path) -> dict:
     """Influence unlearning: diagonal retain curvature, then one step on the whole forget gradient."""
-    forget_enc = encode_rows(tokenizer, template, forget_rows, cfg.max_length)
-    retain_enc = encode_rows(tokenizer, template, retain_rows, cfg.max_length)
+    n_forget, n_retain = len(make_batch.encoded["forget"]), len(make_batch.encoded["retain"])
     model = accelerator.prepare(model)
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-
-    def batch_of(encoded, idx):
-        return {k: v.to(accelerator.device) for k, v in pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
-
     model.train()
     for _ in tqdm(range(optimizer.retain_batches), desc="iu: retain curvature", disable=not accelerator.is_main_process):
-        retain = batch_of(retain_enc, [rng.randrange(len(retain_enc)) for _ in range(cfg.batch_size)])
+        retain = make_batch([], [rng.randrange(n_retain) for _ in range(cfg.batch_size)])["retain"]
         optimizer.zero_grad(set_to_none=True)
         if optimizer.curvature_estimator == "gnb":
             sampled_label_backward(model, retain, generator)
@@ -147,13 +165,11 @@ def one_shot_unlearn(model, tokenizer, template: PromptTemplate, forget_rows: li
             raise ValueError(f"optim=iu: estimator must be fisher or gnb, got {optimizer.curvature_estimator!r}")
         optimizer.update_hessian()
     optimizer.zero_grad(set_to_none=True)
-    n_batches = math.ceil(len(forget_enc) / cfg.batch_size)
+    n_batches = math.ceil(n_forget / cfg.batch_size)
     totals: dict[str, float] = {"loss": 0.0}
     for b in range(n_batches):
-        idx = list(range(b * cfg.batch_size, min(len(forget_enc), (b + 1) * cfg.batch_size)))
-        forget = batch_of(forget_enc, idx)
-        retain = batch_of(retain_enc, [rng.randrange(len(retain_enc)) for _ in idx])
-        loss, terms = objective(model, forget, retain, **objective_kwargs)
+        idx = list(range(b * cfg.batch_size, min(n_forget, (b + 1) * cfg.batch_size)))
+        loss, terms = objective(model, make_batch(idx, [rng.randrange(n_retain) for _ in idx]))
         accelerator.backward(loss / n_batches)
         totals["loss"] += loss.item() / n_batches
         for key, value in terms.items():
@@ -167,4 +183,4 @@ def one_shot_unlearn(model, tokenizer, template: PromptTemplate, forget_rows: li
             f.write(json.dumps({"step": 1, **totals, "curvature_batches": optimizer.retain_batches,
                                 "elapsed_s": elapsed, **optimizer.diagnostics()}) + "\n")
     return {"steps": 1, "warmup_steps": 0, "train_seconds": elapsed, "steps_per_second": 1 / elapsed,
-            "effective_batch": len(forget_enc)}
+            "effective_batch": n_forget}

@@ -42,19 +42,21 @@ def test_unlearning_changes_the_model(first_run):
     assert steps[-1]["forget_loss"] > steps[0]["forget_loss"]  # GradDiff ascends the forget loss
 
 
-def test_base_models_are_cached_and_reused(first_run, cache_dir, tmp_path):
-    out, _ = first_run
-    assert "building the tiny" in (out / "run.log").read_text()
-    weights = sorted(cache_dir.glob("tiny_models/*/*/model.safetensors"))
+def test_base_models_are_cached_and_reused(tmp_path):
+    cache = tmp_path / "fresh_cache"  # its own cache: other tests may have built the shared one
+    first = tmp_path / "first"
+    run_soul(*SMALL, f"hydra.run.dir={first}", cache=cache)
+    assert "building the tiny" in (first / "run.log").read_text()
+    weights = sorted(cache.glob("tiny_models/*/*/model.safetensors"))
     assert len(weights) == 2  # target (full) and retain (retain90)
     stamps = [w.stat().st_mtime_ns for w in weights]
     second = tmp_path / "second"
-    run_soul(*SMALL, f"hydra.run.dir={second}", cache=cache_dir)
+    run_soul(*SMALL, f"hydra.run.dir={second}", cache=cache)
     assert "building the tiny" not in (second / "run.log").read_text()
     assert [w.stat().st_mtime_ns for w in weights] == stamps
     # A setting that determines the base models gives a new cache entry, never a stale model.
     third = tmp_path / "third"
-    run_soul(*SMALL, "model.base_training.seed=1", f"hydra.run.dir={third}", cache=cache_dir)
+    run_soul(*SMALL, "model.base_training.seed=1", f"hydra.run.dir={third}", cache=cache)
     assert "building the tiny" in (third / "run.log").read_text()
 
 

@@ -192,7 +192,7 @@ class Quadratic(torch.nn.Module):
         self.theta = torch.nn.Parameter(torch.ones_like(a))
 
 
-def quadratic_objective(model, forget, retain):
+def quadratic_objective(model, batch):
     return 0.5 * (model.a * model.theta**2).sum(), {}
 
 
@@ -201,7 +201,7 @@ def test_hutchinson_with_rademacher_probes_recovers_a_diagonal_hessian_exactly()
     model = Quadratic(a)
     opt = SophiaG(model.parameters(), betas=(0.9, 0.0))  # beta2 = 0: h = the last estimate
     hook = CurvatureHook("hutchinson", interval=1, probe="rademacher", seed=0)
-    hook.run(model, opt, {}, None, quadratic_objective, {}, max_grad_norm=None)
+    hook.run(model, opt, {}, quadratic_objective, max_grad_norm=None)
     assert torch.allclose(opt.state[model.theta]["hessian"], a**2)  # update_hessian squares u*Hu = a
     assert model.theta.grad is None
 
@@ -229,7 +229,7 @@ def test_gnb_pass_runs_every_k_steps_and_is_reproducible():
         model = tiny_lm()
         opt = SophiaG(model.parameters(), betas=(0.9, 0.5))
         hook = CurvatureHook("gnb", interval=10, seed=123)
-        hook.run(model, opt, lm_batch(), lm_batch(), None, {}, max_grad_norm=1.0)
+        hook.run(model, opt, {"forget": lm_batch(), "retain": lm_batch()}, None, max_grad_norm=1.0)
         results.append(torch.cat([opt.state[p]["hessian"].flatten() for p in model.parameters()]))
         assert hook.passes == 1
     assert torch.equal(results[0], results[1]) and results[0].abs().sum() > 0

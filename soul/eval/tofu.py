@@ -25,6 +25,7 @@ from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa, pad_batch
 from soul.eval import tofu_stats
 
 LOG_FORMAT = "tofu-per-item/1"
+MAX_EXPONENT = 700.0  # exp(700) ~ 1e304, below float64's overflow
 PARAPHRASE_KEY = {"forget": "paraphrased_answer", "retain": "paraphrased_answer",
                   "real_authors": "answer", "world_facts": "answer"}
 
@@ -105,7 +106,8 @@ def evaluate_split(model, tokenizer, template: PromptTemplate, rows: Sequence[di
         log["average_perturb_loss"][k] = avg_pert
         log["avg_paraphrased_loss"][k] = avg_para
         # TOFU's per-item truth_ratio: geometric-mean perturbed probability over the paraphrased one.
-        log["truth_ratio"][k] = math.exp(avg_para - sum(avg_pert) / len(avg_pert))
+        # The exponent is capped so a destroyed model's ratio stays a finite JSON number.
+        log["truth_ratio"][k] = math.exp(max(min(avg_para - sum(avg_pert) / len(avg_pert), MAX_EXPONENT), -MAX_EXPONENT))
         log["paraphrased_loss"][k] = para[i][0]
         log["perturb_loss"][k] = [s for s, _ in item_pert]
         log["num_token_paraphrased"][k] = para[i][1]

@@ -171,7 +171,9 @@ def truth_ratio_stat(split_log: Mapping[str, Any]) -> np.ndarray:
     Losses are per-token NLLs, so this equals 1/R with
     R = (prod_k P(pert_k))^(1/K) / P(paraphrased), the geometric mean of the
     length-normalised perturbed probabilities over the paraphrased one.
-    Items are ordered by their numeric index.
+    Items are ordered by their numeric index. The exponent is clipped to [-700, 700] so that a
+    collapsed model (losses in the hundreds) gives a finite value, not an overflow or a zero;
+    min(s, 1/s), max(0, 1 - 1/s) and the KS ranks are unaffected in practice.
     """
     keys, (pert, para) = _aligned(split_log, _TR_FIELDS)
     out = np.empty(len(keys), dtype=np.float64)
@@ -179,18 +181,20 @@ def truth_ratio_stat(split_log: Mapping[str, Any]) -> np.ndarray:
         pl = np.asarray(pert[k], dtype=np.float64).ravel()
         if pl.size == 0:
             raise ValueError(f"item {k!r}: empty average_perturb_loss")
-        out[i] = math.exp(float(pl.mean()) - float(para[k]))
+        out[i] = math.exp(min(max(float(pl.mean()) - float(para[k]), -700.0), 700.0))
     return out
 
 
 def _normalised_prob(split_log: Mapping[str, Any]) -> np.ndarray:
-    """Per item P(a) / (P(a) + sum_k P(pert_k)), all length-normalised (exp(-avg loss))."""
+    """Per item P(a) / (P(a) + sum_k P(pert_k)), all length-normalised (exp(-avg loss)).
+
+    Computed as a softmax over the negative losses, which is the same number but stays
+    defined when every probability underflows (a collapsed model)."""
     keys, (gt, pert) = _aligned(split_log, ("avg_gt_loss", "average_perturb_loss"))
     out = np.empty(len(keys), dtype=np.float64)
     for i, k in enumerate(keys):
-        p_a = math.exp(-float(gt[k]))
-        p_pert = np.exp(-np.asarray(pert[k], dtype=np.float64).ravel()).sum()
-        out[i] = p_a / (p_a + p_pert)
+        neg = -np.concatenate([[float(gt[k])], np.asarray(pert[k], dtype=np.float64).ravel()])
+        out[i] = math.exp(neg[0] - (neg.max() + math.log(np.exp(neg - neg.max()).sum())))
     return out
 
 

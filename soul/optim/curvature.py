@@ -66,24 +66,24 @@ class CurvatureHook:
         """True after optimizer steps interval, 2*interval, ... (1-based)."""
         return step % self.interval == 0
 
-    def run(self, model, optimizer, forget: dict, retain: dict | None, objective, objective_kwargs: dict,
-            max_grad_norm: float | None) -> None:
+    def run(self, model, optimizer, batch: dict, objective, max_grad_norm: float | None) -> None:
+        """One curvature estimate from ``batch`` folded into ``optimizer``'s curvature EMA."""
         optimizer.zero_grad(set_to_none=True)
         params = [p for p in model.parameters() if p.requires_grad]
         if self.estimator == "gnb":
-            sampled_label_backward(model, _concat(forget, retain), self.generator)
+            sampled_label_backward(model, _concat(batch["forget"], batch.get("retain")), self.generator)
             if max_grad_norm:  # Sophia clips the sampled-label gradient like a training gradient
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         else:
-            self._hutchinson(model, params, forget, retain, objective, objective_kwargs)
+            self._hutchinson(model, params, batch, objective)
         optimizer.update_hessian()
         optimizer.zero_grad(set_to_none=True)
         self.passes += 1
 
-    def _hutchinson(self, model, params, forget, retain, objective, objective_kwargs) -> None:
+    def _hutchinson(self, model, params, batch, objective) -> None:
         # Fused attention kernels (flash, memory-efficient) have no double backward; the math one does.
         with sdpa_kernel(SDPBackend.MATH):
-            loss, _ = objective(model, forget, retain, **objective_kwargs)
+            loss, _ = objective(model, batch)
             grads = torch.autograd.grad(loss, params, create_graph=True)
         probes = []
         for p in params:
