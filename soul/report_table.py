@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 SUMMARY_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_prob", "forget_truth_ratio",
-                "retain_rouge", "retain_prob", "real_authors_rouge", "world_facts_rouge")
+                "retain_rouge", "retain_prob", "real_authors_rouge", "world_facts_rouge",
+                "mia_min_k_auc", "privleak", "forget_extraction_strength")
 
 
 def _fmt(value) -> str:
@@ -22,7 +23,8 @@ def summary_table(title: str, columns: dict[str, dict | None], out_dir: Path | N
     width = max(len(k) for k in SUMMARY_KEYS) + 2
     lines = [title, "-" * len(title), "".join(["metric".ljust(width)] + [n.rjust(14) for n in names])]
     for key in SUMMARY_KEYS:
-        lines.append("".join([key.ljust(width)] + [_fmt(columns[n].get(key)).rjust(14) for n in names]))
+        if any(columns[n].get(key) is not None for n in names):
+            lines.append("".join([key.ljust(width)] + [_fmt(columns[n].get(key)).rjust(14) for n in names]))
     if out_dir is not None:
         lines.append(f"run directory: {out_dir}")
     return "\n".join(lines)

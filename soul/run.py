@@ -115,12 +115,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if not accelerator.is_main_process:
         return {}
     model = accelerator.unwrap_model(model)
-    eval_log = task.evaluate(model, tokenizer, template)
+    eval_log = task.evaluate(model, tokenizer, template, partial_path=out_dir / "tofu_eval.partial.json")
     eval_log["meta"].update(model=model_name, run_dir=str(out_dir))
     write_json(out_dir / "tofu_eval.json", eval_log)
-    metrics = {**task.summarize(eval_log, reference), **train,
+    (out_dir / "tofu_eval.partial.json").unlink(missing_ok=True)
+    soul_eval = task.evaluate_soul_variant(model, tokenizer)
+    if soul_eval is not None:
+        write_json(out_dir / "tofu_eval_soul.json", soul_eval)
+    metrics = {**task.summarize(eval_log, reference), **(soul_eval["summary"] if soul_eval else {}), **train,
                "task": cfg.task.name, "objective": cfg.objective.name, "optim": cfg.optim.name,
-               "seed": cfg.seed, "model": cfg.model.name, "metric_variant": "tofu-official",
+               "seed": cfg.seed, "model": cfg.model.name,
+               "metric_variant": "tofu-official" + ("+soul" if soul_eval else ""),
                "total_seconds": time.perf_counter() - started}
     write_json(out_dir / "metrics.json", metrics)
     columns = {"before": task.summarize(before, reference) if before else None, "after": metrics,

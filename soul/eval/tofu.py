@@ -14,15 +14,18 @@ never pads much.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
 from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa, pad_batch
-from soul.eval import tofu_stats
+from soul.eval import mia, tofu_stats
 
 LOG_FORMAT = "tofu-per-item/1"
 MAX_EXPONENT = 700.0  # exp(700) ~ 1e304, below float64's overflow
@@ -115,20 +118,61 @@ def evaluate_split(model, tokenizer, template: PromptTemplate, rows: Sequence[di
     return log
 
 
+def model_fingerprint(model) -> str:
+    """A cheap identity of the weights (per-tensor sums), to tell whether a partial log is ours."""
+    import hashlib
+
+    h = hashlib.sha1()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            t = p.detach().double()
+            h.update(f"{name}{tuple(p.shape)}{t.sum().item():.12e}{t.abs().sum().item():.12e}".encode())
+    return h.hexdigest()[:16]
+
+
 def evaluate_tofu(model, tokenizer, template: PromptTemplate, eval_sets: dict, max_items: int | None = 300,
-                  batch_size: int = 32, generation_max_length: int = 200) -> dict:
-    """The full per-item TOFU log of ``model`` (official variant), with a ``meta`` block."""
+                  batch_size: int = 32, generation_max_length: int = 200, holdout=None,
+                  partial_path: Path | None = None) -> dict:
+    """The full per-item TOFU log of ``model`` (official variant), with a ``meta`` block.
+
+    With ``holdout`` rows, membership-inference and memorization scores of the forget answers and
+    of the holdout answers are added (``mia_forget``, ``mia_holdout``; see ``soul.eval.mia``).
+    With ``partial_path``, each finished part is written there as it completes, and a rerun on
+    the same weights and settings resumes from it instead of recomputing.
+    """
     was_training = model.training
     model.eval()
+    settings = {"max_items": max_items, "generation_max_length": generation_max_length,
+                "template": asdict(template), "fingerprint": model_fingerprint(model)}
     log: dict = {}
-    counts = {}
-    for split, file_key in tofu_stats.SPLIT_FILES.items():
-        ds = eval_sets[split]
-        rows = [ds[i] for i in range(len(ds) if max_items is None else min(max_items, len(ds)))]
-        counts[split] = len(rows)
-        log[file_key] = evaluate_split(model, tokenizer, template, rows, split, batch_size, generation_max_length)
-    log["meta"] = {"format": LOG_FORMAT, "variant": "official", "items": counts,
-                   "generation_max_length": generation_max_length, "template": template.__dict__}
+    if partial_path is not None and Path(partial_path).is_file():
+        previous = json.loads(Path(partial_path).read_text())
+        if previous.get("meta", {}).get("settings") == settings:
+            log = previous
+    log["meta"] = {"format": LOG_FORMAT, "variant": "official", "settings": settings}
+
+    def first(ds) -> list[dict]:
+        n = len(ds) if max_items is None else min(max_items, len(ds))
+        return [ds[i] for i in range(n)]
+
+    def save() -> None:
+        if partial_path is not None:
+            tmp = Path(partial_path).with_suffix(".tmp")
+            tmp.write_text(json.dumps(log))
+            tmp.replace(partial_path)
+
+    parts = [(key, lambda split=split: evaluate_split(model, tokenizer, template, first(eval_sets[split]), split,
+                                                      batch_size, generation_max_length))
+             for split, key in tofu_stats.SPLIT_FILES.items()]
+    if holdout is not None:
+        parts.append((mia.FORGET_KEY, lambda: mia.score_items(model, tokenizer, template, first(eval_sets["forget"]),
+                                                              batch_size)))
+        parts.append((mia.HOLDOUT_KEY, lambda: mia.score_items(model, tokenizer, template, first(holdout), batch_size)))
+    for key, compute in parts:
+        if key not in log:
+            log[key] = compute()
+            save()
+    log["meta"]["items"] = {split: len(next(iter(log[key].values()))) for split, key in tofu_stats.SPLIT_FILES.items()}
     if was_training:
         model.train()
     return log

@@ -12,10 +12,13 @@ from soul.data import tofu as tofu_data
 from soul.data.qa import PromptTemplate
 from soul.embedded import cache_key, ensure_tiny_tofu_models, ensure_tofu_mini, mini_config
 from soul.eval import tofu_stats
+from soul.eval.mia import summarize_mia
 from soul.eval.tofu import evaluate_tofu
+from soul.eval.tofu_soul import evaluate_tofu_soul
 from soul.models import load_pretrained
 
 log = logging.getLogger(__name__)
+EVAL_VERSION = 2  # bump when what an evaluation log contains changes (cached logs are then rebuilt)
 
 
 class TofuTask:
@@ -29,6 +32,8 @@ class TofuTask:
         self.cache_dir = Path(cfg.paths.cache_dir).expanduser()
         self.embedded_models: dict[str, Path] = {}
         tofu_data.check_split_pair(self.task_cfg.forget_split, self.task_cfg.retain_split)
+        if self.task_cfg.eval.variant not in ("official", "soul"):
+            raise ValueError(f"task.eval.variant must be official or soul, got {self.task_cfg.eval.variant!r}")
 
     def prepare(self, template: PromptTemplate) -> None:
         """Make the data (and, for ``model.source=embedded``, the base models) available."""
@@ -73,16 +78,17 @@ class TofuTask:
         return {"max_items": e.max_items, "batch_size": e.batch_size,
                 "generation_max_length": e.generation_max_length}
 
-    def evaluate(self, model, tokenizer, template: PromptTemplate) -> dict:
-        """The per-item TOFU log of ``model`` on this task's evaluation splits."""
-        return evaluate_tofu(model, tokenizer, template, self.splits.eval_sets, **self._eval_settings())
+    def evaluate(self, model, tokenizer, template: PromptTemplate, partial_path: Path | None = None) -> dict:
+        """The per-item TOFU log of ``model`` on this task's evaluation splits (plus MIA on holdout)."""
+        return evaluate_tofu(model, tokenizer, template, self.splits.eval_sets, holdout=self.splits.holdout,
+                             partial_path=partial_path, **self._eval_settings())
 
     def cached_evaluate(self, model_name: str, template: PromptTemplate, model=None, tokenizer=None) -> dict:
         """Evaluate a fixed (not unlearned) model once and keep its log in the cache."""
         t = self.task_cfg
         m = self.cfg.model
-        key = cache_key(model_name, m.dtype, self._eval_settings(), template.__dict__, t.source,
-                        str(self.data_dir), t.hub_id, t.forget_split)
+        key = cache_key(EVAL_VERSION, model_name, m.dtype, self._eval_settings(), template.__dict__, t.source,
+                        str(self.data_dir), t.hub_id, t.forget_split, t.holdout_split)
         path = self.cache_dir / "evals" / f"{key}.json"
         if path.is_file():
             return json.loads(path.read_text())
@@ -107,9 +113,21 @@ class TofuTask:
                     "model's per-item log (soul's tofu_eval.json or TOFU's eval_log_aggregated.json).")
         return None
 
+    def evaluate_soul_variant(self, model, tokenizer) -> dict | None:
+        """SOUL's own TOFU statistics (``task.eval.variant=soul``), or None for the official variant."""
+        variant = self.task_cfg.eval.variant
+        if variant == "official":
+            return None
+        if variant != "soul":
+            raise ValueError(f"task.eval.variant must be official or soul, got {variant!r}")
+        e = self.task_cfg.eval
+        return evaluate_tofu_soul(model, tokenizer, self.splits.eval_sets, self.cfg.model.family,
+                                  batch_size=e.batch_size, generation_max_length=e.generation_max_length)
+
     @staticmethod
     def summarize(log_: dict, reference: dict | None) -> dict:
-        return tofu_stats.summarize(log_, reference)
+        """TOFU's official summary plus membership inference and memorization when logged."""
+        return {**tofu_stats.summarize(log_, reference), **summarize_mia(log_, reference)}
 
     def describe(self) -> str:
         t = self.task_cfg
