@@ -9,7 +9,7 @@ import zlib
 import pytest
 import torch
 
-from soul.data.qa import PromptTemplate
+from soul.data.qa import PromptTemplate, encode_qa, pad_batch
 from soul.eval import mia
 from soul.eval.tofu import evaluate_tofu
 from soul.tokenizer import train_bpe_tokenizer
@@ -124,3 +124,21 @@ def test_evaluation_resumes_from_its_partial_log(tiny, tmp_path):
         with torch.no_grad():
             next(model.parameters()).sub_(0.01)
     assert other["meta"]["settings"]["fingerprint"] != full["meta"]["settings"]["fingerprint"]
+
+
+def test_shared_prefix_scoring_equals_one_pass_per_pair(tiny):
+    from soul.eval.tofu import answer_nll
+
+    model, tok = tiny
+    template = PromptTemplate("Question: ", "\nAnswer:", " ")
+    pairs = [("who is A?", "A is a writer."), ("who is A?", "A is a baker."), ("where?", "B lives in C."),
+             ("who is A?", "a writer, A."), ("a much longer question about B and C?", "C")]
+    shared = answer_nll(model, tok, template, pairs, batch_size=2)
+    for (q, a), (total, count) in zip(pairs, shared):
+        batch = pad_batch([encode_qa(tok, template, q, a)], tok.pad_token_id)
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"]).logits[0, :-1]
+        labels = batch["labels"][0, 1:]
+        expected = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum").item()
+        assert count == int((labels != -100).sum())
+        assert total == pytest.approx(expected, rel=1e-4)

@@ -131,3 +131,15 @@ def test_first_and_second_order_runs_share_batches_and_schedule(cache_dir, tmp_p
         assert [s[key] for s in logs["adamw"]] == [s[key] for s in logs["sophia"]]
     # identical first step (same batch, same weights) before the optimizers diverge
     assert logs["adamw"][0]["forget_loss"] == logs["sophia"][0]["forget_loss"]
+
+
+def test_soul_variant_is_reported_beside_the_official_suite(cache_dir, tmp_path):
+    out = tmp_path / "soulvariant"
+    run_soul(*SMALL, "task.eval.variant=soul", "trainer.max_steps=2", f"hydra.run.dir={out}", cache=cache_dir)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metric_variant"] == "tofu-official+soul"
+    assert {"model_utility", "forget_quality", "soul_forget_quality", "soul_mia_min_k50_auc"} <= metrics.keys()
+    soul = json.loads((out / "tofu_eval_soul.json").read_text())
+    assert soul["meta"]["variant"] == "soul" and soul["summary"]["soul_forget_rouge"] == metrics["soul_forget_rouge"]
+    proc = run_soul(*SMALL, "task.eval.variant=both", f"hydra.run.dir={tmp_path / 'bad'}", cache=cache_dir, check=False)
+    assert proc.returncode != 0 and "task.eval.variant" in proc.stderr

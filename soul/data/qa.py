@@ -38,10 +38,17 @@ class PromptTemplate:
 
 
 def encode_qa(tokenizer, template: PromptTemplate, question: str, answer: str,
-              max_length: int = 512) -> dict[str, list[int]]:
-    """Token ids, labels and attention mask of one QA pair (no padding)."""
+              max_length: int = 512, prompt_lengths: dict[str, int] | None = None) -> dict[str, list[int]]:
+    """Token ids, labels and attention mask of one QA pair (no padding).
+
+    ``prompt_lengths`` optionally memoises the prompt token count per question across calls."""
     ids = tokenizer(template.full_text(question, answer), add_special_tokens=True)["input_ids"]
-    n_question = len(tokenizer(template.prompt(question), add_special_tokens=True)["input_ids"])
+    if prompt_lengths is not None and question in prompt_lengths:
+        n_question = prompt_lengths[question]
+    else:
+        n_question = len(tokenizer(template.prompt(question), add_special_tokens=True)["input_ids"])
+        if prompt_lengths is not None:
+            prompt_lengths[question] = n_question
     ids = ids[: max_length - 1] + [tokenizer.eos_token_id]
     labels = [IGNORE_INDEX] * min(n_question, len(ids)) + ids[n_question:]
     return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}

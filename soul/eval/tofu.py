@@ -14,6 +14,7 @@ never pads much.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Sequence
@@ -36,21 +37,55 @@ PARAPHRASE_KEY = {"forget": "paraphrased_answer", "retain": "paraphrased_answer"
 @torch.no_grad()
 def answer_nll(model, tokenizer, template: PromptTemplate, pairs: Sequence[tuple[str, str]],
                batch_size: int = 32) -> list[tuple[float, int]]:
-    """Summed token NLL and token count of each answer given its question (TOFU's labels)."""
-    encoded = [encode_qa(tokenizer, template, q, a) for q, a in pairs]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    """Summed token NLL and token count of each answer given its question (TOFU's labels).
+
+    Answers that share a question (the answer, its paraphrase and the perturbed answers of one
+    TOFU item) share its prefix: the question is run once with a KV cache and all of its answers
+    continue from it, so each question token is computed once instead of once per answer.
+    """
+    prompt_lengths: dict[str, int] = {}  # each question serves several answers: tokenize its prompt once
+    encoded = [encode_qa(tokenizer, template, q, a, prompt_lengths=prompt_lengths) for q, a in pairs]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, e in enumerate(encoded):
+        n_prompt = next((j for j, label in enumerate(e["labels"]) if label != IGNORE_INDEX), len(e["labels"]))
+        groups.setdefault(tuple(e["input_ids"][:n_prompt]), []).append(i)
+    ordered = sorted(groups.items(), key=lambda kv: (len(kv[0]), max(len(encoded[i]["input_ids"]) for i in kv[1])))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
     device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        labels = batch["labels"][:, 1:]
-        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
-        counts = (labels != IGNORE_INDEX).sum(-1)
-        for row, i in enumerate(idx):
-            results[i] = (nll[row].sum().item(), int(counts[row].item()))
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start:start + batch_size]
+        prefixes = [list(prefix) for prefix, _ in chunk]
+        rows = [(g, i) for g, (_, members) in enumerate(chunk) for i in members]
+        suffixes = [encoded[i]["input_ids"][len(prefixes[g]):] for g, i in rows]
+        _score_with_shared_prefix(model, tokenizer.pad_token_id, prefixes, rows, suffixes, device, results)
     return results
+
+
+def _score_with_shared_prefix(model, pad_id: int, prefixes: list[list[int]], rows: list[tuple[int, int]],
+                              suffixes: list[list[int]], device, results: list) -> None:
+    """Run the left-padded prefixes once, then every suffix (right-padded) on a copy of its prefix's cache."""
+    width_p = max(len(p) for p in prefixes)
+    ids_p = torch.tensor([[pad_id] * (width_p - len(p)) + p for p in prefixes], device=device)
+    mask_p = torch.tensor([[0] * (width_p - len(p)) + [1] * len(p) for p in prefixes], device=device)
+    pos_p = (mask_p.cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=ids_p, attention_mask=mask_p, position_ids=pos_p, use_cache=True, logits_to_keep=1)
+    first_logits = out.logits[:, -1].float()  # predicts each suffix's first token
+    group = torch.tensor([g for g, _ in rows], device=device)
+    cache = out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5
+    cache.batch_select_indices(group)
+    width_s = max(len(s) for s in suffixes)
+    ids_s = torch.tensor([s + [pad_id] * (width_s - len(s)) for s in suffixes], device=device)
+    mask_s = torch.tensor([[1] * len(s) + [0] * (width_s - len(s)) for s in suffixes], device=device)
+    pos_s = mask_p.sum(-1)[group].unsqueeze(-1) + torch.arange(width_s, device=device)
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    logits_s = model(input_ids=ids_s, attention_mask=torch.cat([mask_p[group], mask_s], -1), position_ids=pos_s,
+                     **{key: cache}).logits.float()
+    predictions = torch.cat([first_logits[group].unsqueeze(1), logits_s[:, :-1]], 1)
+    nll = F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), ids_s.reshape(-1), reduction="none")
+    nll = (nll.view(ids_s.shape) * mask_s).sum(-1)
+    counts = mask_s.sum(-1)
+    for row, (_, i) in enumerate(rows):
+        results[i] = (nll[row].item(), int(counts[row].item()))
 
 
 @torch.no_grad()
