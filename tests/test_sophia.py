@@ -282,3 +282,18 @@ def test_strided_diagnostics_estimate_the_exact_ones():
         assert values[64][key] == pytest.approx(exact[key], abs=0.01)
     with pytest.raises(ValueError, match="diagnostics_stride"):
         SophiaG([torch.nn.Parameter(torch.zeros(1))], diagnostics_stride=0)
+
+
+def test_strided_diagnostics_weight_each_tensor_by_its_size():
+    # A large fully clipped tensor (sampled) and a small unclipped one (exact): the clipped share
+    # is by coordinates, 400000 / 400100, not by samples.
+    big = torch.nn.Parameter(torch.zeros(400_000))
+    small = torch.nn.Parameter(torch.zeros(100))
+    opt = SophiaG([big, small], lr=1.0, betas=(0.0, 0.0), rho=1.0, weight_decay=0.0, diagnostics_stride=64)
+    big.grad, small.grad = torch.ones(400_000), torch.ones(100)
+    opt.update_hessian()
+    big.grad, small.grad = torch.full((400_000,), 5.0), torch.full((100,), 0.5)
+    opt.step(bs=1)
+    d = opt.diagnostics()
+    assert d["clip_fraction"] == pytest.approx(400_000 / 400_100, rel=1e-6)
+    assert d["mean_update_over_lr"] == pytest.approx((400_000 + 50) / 400_100, rel=1e-6)

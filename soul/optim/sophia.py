@@ -148,9 +148,11 @@ class SophiaG(torch.optim.Optimizer):
                 # passes per step; 1/64 of millions of coordinates estimates a fraction to ~1e-3.
                 stride = self.diagnostics_stride
                 samples = [u.view(-1)[::stride] if u.numel() > _EXACT_BELOW else u.view(-1) for u in update]
-                sums += torch._foreach_norm(samples, 1)
-                clipped += [(x.abs() >= 1.0).sum() for x in samples]
-                numel += sum(x.numel() for x in samples)
+                # each sample stands for its whole tensor: weight it by numel / sample size
+                weights = [u.numel() / x.numel() for u, x in zip(update, samples)]
+                sums += [n * w for n, w in zip(torch._foreach_norm(samples, 1), weights)]
+                clipped += [(x.abs() >= 1.0).sum() * w for x, w in zip(samples, weights)]
+                numel += sum(u.numel() for u in update)
             del update
         if self.track_diagnostics and numel:
             self._diag = {"clip_fraction": torch.stack(clipped).sum() / numel,
