@@ -69,6 +69,10 @@ def write_json(path: Path, data) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Reject settings that cannot work, before anything is built or downloaded."""
+    if cfg.device not in ("auto", "cpu"):
+        raise ValueError(f"device must be auto or cpu, got {cfg.device!r}")
+    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
     t = cfg.trainer
     for key in ("batch_size", "grad_accum", "epochs", "max_length"):
         if t[key] is None or t[key] < 1:

@@ -94,9 +94,13 @@ def test_impossible_split_pair_fails_before_training(cache_dir, tmp_path):
     assert not (tmp_path / "train_log.jsonl").exists()
 
 
-def test_bad_trainer_value_names_the_key(cache_dir, tmp_path):
-    proc = run_soul(*SMALL, "trainer.batch_size=0", f"hydra.run.dir={tmp_path}", cache=cache_dir, check=False)
-    assert proc.returncode != 0 and "trainer.batch_size" in proc.stderr
+@pytest.mark.parametrize("override, key", [("trainer.batch_size=0", "trainer.batch_size"),
+                                           ("device=tpu", "device"), ("mixed_precision=fp8", "mixed_precision"),
+                                           ("trainer.warmup_ratio=1.5", "trainer.warmup_ratio")])
+def test_bad_setting_names_the_key(override, key, cache_dir, tmp_path):
+    proc = run_soul(*SMALL, override, f"hydra.run.dir={tmp_path}", cache=cache_dir, check=False)
+    assert proc.returncode != 0 and key in proc.stderr
+    assert not (tmp_path / "train_log.jsonl").exists()
 
 
 def test_every_optimizer_runs_through_the_runner_and_logs_diagnostics(cache_dir, tmp_path):
