@@ -142,3 +142,19 @@ def test_shared_prefix_scoring_equals_one_pass_per_pair(tiny):
         expected = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum").item()
         assert count == int((labels != -100).sum())
         assert total == pytest.approx(expected, rel=1e-4)
+
+
+def test_scoring_command_adds_mia_for_soul_logs(tmp_path, capsys):
+    from soul.eval import tofu_stats
+    from soul.eval.tofu import summarize
+
+    split = {"avg_gt_loss": {"0": 0.1, "1": 0.2}, "rougeL_recall": {"0": 1.0, "1": 0.5},
+             "avg_paraphrased_loss": {"0": 0.3, "1": 0.4}, "average_perturb_loss": {"0": [1.0, 2.0], "1": [1.5, 0.5]}}
+    log = {key: split for key in tofu_stats.SPLIT_FILES.values()}
+    log[mia.FORGET_KEY] = {k: {"0": 0.1, "1": 0.2} for k in (*mia.ATTACKS, "exact_memorization", "extraction_strength")}
+    log[mia.HOLDOUT_KEY] = {k: {"0": 0.9, "1": 0.8} for k in mia.ATTACKS}
+    path = tmp_path / "log.json"
+    path.write_text(json.dumps(log))
+    assert tofu_stats.cli(["--log", str(path)], summarize_fn=summarize) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["mia_min_k_auc"] == 1.0 and "model_utility" in printed and printed["forget_quality"] is None

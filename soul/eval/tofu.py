@@ -49,7 +49,9 @@ def answer_nll(model, tokenizer, template: PromptTemplate, pairs: Sequence[tuple
     for i, e in enumerate(encoded):
         n_prompt = next((j for j, label in enumerate(e["labels"]) if label != IGNORE_INDEX), len(e["labels"]))
         groups.setdefault(tuple(e["input_ids"][:n_prompt]), []).append(i)
-    ordered = sorted(groups.items(), key=lambda kv: (len(kv[0]), max(len(encoded[i]["input_ids"]) for i in kv[1])))
+    # Sorted by the longest answer, so a chunk pads its (many, long) answers little; prompts are short.
+    ordered = sorted(groups.items(),
+                     key=lambda kv: (max(len(encoded[i]["input_ids"]) - len(kv[0]) for i in kv[1]), len(kv[0])))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
     device = next(model.parameters()).device
     for start in range(0, len(ordered), batch_size):
@@ -213,5 +215,10 @@ def evaluate_tofu(model, tokenizer, template: PromptTemplate, eval_sets: dict, m
     return log
 
 
+def summarize(log: dict, reference: dict | None = None) -> dict:
+    """TOFU's official summary, plus MIA and memorization when the log has them (soul's logs)."""
+    return {**tofu_stats.summarize(log, reference), **mia.summarize_mia(log, reference)}
+
+
 if __name__ == "__main__":
-    raise SystemExit(tofu_stats.cli())
+    raise SystemExit(tofu_stats.cli(summarize_fn=summarize))

@@ -290,13 +290,13 @@ def summarize(log: Mapping[str, Any], reference_log: Mapping[str, Any] | None = 
 # --------------------------------------------------------------------------- #
 # command line
 # --------------------------------------------------------------------------- #
-def cli(argv: Sequence[str] | None = None) -> int:
-    """``--log PATH [--reference PATH]``: print the :func:`summarize` JSON.
+def cli(argv: Sequence[str] | None = None, summarize_fn=None) -> int:
+    """``--log PATH [--reference PATH]``: print the :func:`summarize` JSON (or ``summarize_fn``'s).
 
     Returns 0 on success, 2 (with a one-line error on stderr) on a bad path/log.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m soul.eval.tofu_stats",
+        prog="python -m soul.eval.tofu",
         description="Aggregate a TOFU per-item eval log (model utility, forget quality).",
     )
     parser.add_argument("--log", required=True, help="log file or directory")
@@ -305,7 +305,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     try:
         log = load_log(args.log)
         ref = load_log(args.reference) if args.reference is not None else None
-        result = summarize(log, ref)
+        result = (summarize_fn or summarize)(log, ref)
     except (OSError, ValueError) as exc:
         msg = " ".join(str(exc).split())
         print(f"error: {msg}", file=sys.stderr)

@@ -12,8 +12,8 @@ from soul.data import tofu as tofu_data
 from soul.data.qa import PromptTemplate
 from soul.embedded import cache_key, ensure_tiny_tofu_models, ensure_tofu_mini, mini_config
 from soul.eval import tofu_stats
-from soul.eval.mia import summarize_mia
 from soul.eval.tofu import evaluate_tofu
+from soul.eval.tofu import summarize as summarize_tofu
 from soul.eval.tofu_soul import evaluate_tofu_soul
 from soul.models import load_pretrained
 
@@ -127,7 +127,7 @@ class TofuTask:
     @staticmethod
     def summarize(log_: dict, reference: dict | None) -> dict:
         """TOFU's official summary plus membership inference and memorization when logged."""
-        return {**tofu_stats.summarize(log_, reference), **summarize_mia(log_, reference)}
+        return summarize_tofu(log_, reference)
 
     def describe(self) -> str:
         t = self.task_cfg
