@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from soul.data import tofu_mini
-from soul.data.qa import PromptTemplate, encode_qa, pad_batch
+from soul.data.qa import PromptTemplate, encode_qa_batch, pad_batch
 from soul.models import build_tiny_llama
 from soul.tokenizer import train_bpe_tokenizer
 
@@ -77,7 +77,7 @@ def finetune(model, tokenizer, template: PromptTemplate, rows: list[dict], train
     """Plain supervised fine-tuning on QA rows (AdamW, warmup + linear decay, clipping)."""
     torch.manual_seed(train_cfg.seed)
     rng = random.Random(train_cfg.seed)
-    examples = [encode_qa(tokenizer, template, r["question"], r["answer"]) for r in rows]
+    examples = encode_qa_batch(tokenizer, template, [(r["question"], r["answer"]) for r in rows])
     bs = train_cfg.batch_size
     steps_per_epoch = (len(examples) + bs - 1) // bs
     total = train_cfg.epochs * steps_per_epoch

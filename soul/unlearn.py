@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa, pad_batch
+from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa_batch, pad_batch
 from soul.data.refusals import refusal_for
 from soul.objectives import Objective, nll
 from soul.optim.curvature import CurvatureHook, sampled_label_backward
@@ -42,7 +42,7 @@ def pair_indices(n_forget: int, n_retain: int, batch_size: int, seed: int, rank:
 
 
 def encode_rows(tokenizer, template: PromptTemplate, rows: list[dict], max_length: int) -> list[dict]:
-    return [encode_qa(tokenizer, template, r["question"], r["answer"], max_length) for r in rows]
+    return encode_qa_batch(tokenizer, template, [(r["question"], r["answer"]) for r in rows], max_length)
 
 
 class BatchMaker:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa, pad_batch
+from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa, encode_qa_batch, pad_batch
 from soul.tokenizer import SPECIAL_TOKENS, train_bpe_tokenizer
 
 TEXTS = [
@@ -167,3 +167,17 @@ def test_pad_batch_of_encoded_examples(tok):
         assert (batch["input_ids"][row, n:] == tok.pad_token_id).all()
         assert (batch["labels"][row, n:] == IGNORE_INDEX).all()
         assert int(batch["attention_mask"][row].sum()) == n
+
+
+def test_batched_encoding_equals_encoding_each_pair_alone(tok):
+    template = PromptTemplate("Question: ", "\nAnswer:", " ")
+    pairs = [("Who wrote it?", "Nobody knows."), ("Who wrote it?", "A baker."), ("Where?", "In the valley"),
+             ("Where?", "")]
+    batched = encode_qa_batch(tok, template, pairs, max_length=8)
+    for (q, a), enc in zip(pairs, batched):
+        ids = tok(template.full_text(q, a))["input_ids"][:7] + [tok.eos_token_id]
+        n = len(tok(template.prompt(q))["input_ids"])
+        assert enc["input_ids"] == ids
+        assert enc["labels"] == [IGNORE_INDEX] * min(n, len(ids)) + ids[n:]
+        assert enc == encode_qa(tok, template, q, a, max_length=8)
+    assert encode_qa_batch(tok, template, []) == []

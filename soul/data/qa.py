@@ -38,20 +38,27 @@ class PromptTemplate:
 
 
 def encode_qa(tokenizer, template: PromptTemplate, question: str, answer: str,
-              max_length: int = 512, prompt_lengths: dict[str, int] | None = None) -> dict[str, list[int]]:
-    """Token ids, labels and attention mask of one QA pair (no padding).
+              max_length: int = 512) -> dict[str, list[int]]:
+    """Token ids, labels and attention mask of one QA pair (no padding)."""
+    return encode_qa_batch(tokenizer, template, [(question, answer)], max_length)[0]
 
-    ``prompt_lengths`` optionally memoises the prompt token count per question across calls."""
-    ids = tokenizer(template.full_text(question, answer), add_special_tokens=True)["input_ids"]
-    if prompt_lengths is not None and question in prompt_lengths:
-        n_question = prompt_lengths[question]
-    else:
-        n_question = len(tokenizer(template.prompt(question), add_special_tokens=True)["input_ids"])
-        if prompt_lengths is not None:
-            prompt_lengths[question] = n_question
-    ids = ids[: max_length - 1] + [tokenizer.eos_token_id]
-    labels = [IGNORE_INDEX] * min(n_question, len(ids)) + ids[n_question:]
-    return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
+
+def encode_qa_batch(tokenizer, template: PromptTemplate, pairs, max_length: int = 512) -> list[dict[str, list[int]]]:
+    """``encode_qa`` for many pairs with two batched tokenizer calls (full texts, distinct prompts)."""
+    pairs = list(pairs)
+    if not pairs:
+        return []
+    full = tokenizer([template.full_text(q, a) for q, a in pairs], add_special_tokens=True)["input_ids"]
+    questions = list(dict.fromkeys(q for q, _ in pairs))
+    prompt_ids = tokenizer([template.prompt(q) for q in questions], add_special_tokens=True)["input_ids"]
+    n_prompt = {q: len(ids) for q, ids in zip(questions, prompt_ids)}
+    out = []
+    for (q, _), ids in zip(pairs, full):
+        ids = ids[: max_length - 1] + [tokenizer.eos_token_id]
+        n = n_prompt[q]
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * min(n, len(ids)) + ids[n:],
+                    "attention_mask": [1] * len(ids)})
+    return out
 
 
 def pad_batch(examples: list[dict[str, list[int]]], pad_token_id: int,

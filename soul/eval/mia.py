@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
-from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa, pad_batch
+from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa_batch, pad_batch
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
 MIN_K = 0.4
@@ -63,7 +63,7 @@ def item_scores(logp: torch.Tensor, z: torch.Tensor, correct: torch.Tensor, answ
 def score_items(model, tokenizer, template: PromptTemplate, rows: Sequence[dict], batch_size: int = 32
                 ) -> dict[str, dict[str, float]]:
     """Per-item MIA and memorization scores, as ``{field: {index: value}}`` (TOFU's log layout)."""
-    encoded = [encode_qa(tokenizer, template, r["question"], r["answer"]) for r in rows]
+    encoded = encode_qa_batch(tokenizer, template, [(r["question"], r["answer"]) for r in rows])
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
     device = next(model.parameters()).device
     out: dict[str, dict[str, float]] = {}

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
-from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa, pad_batch
+from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa_batch, pad_batch
 from soul.eval import mia, tofu_stats
 
 LOG_FORMAT = "tofu-per-item/1"
@@ -43,8 +43,7 @@ def answer_nll(model, tokenizer, template: PromptTemplate, pairs: Sequence[tuple
     TOFU item) share its prefix: the question is run once with a KV cache and all of its answers
     continue from it, so each question token is computed once instead of once per answer.
     """
-    prompt_lengths: dict[str, int] = {}  # each question serves several answers: tokenize its prompt once
-    encoded = [encode_qa(tokenizer, template, q, a, prompt_lengths=prompt_lengths) for q, a in pairs]
+    encoded = encode_qa_batch(tokenizer, template, pairs)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, e in enumerate(encoded):
         n_prompt = next((j for j, label in enumerate(e["labels"]) if label != IGNORE_INDEX), len(e["labels"]))
@@ -79,15 +78,36 @@ def _score_with_shared_prefix(model, pad_id: int, prefixes: list[list[int]], row
     ids_s = torch.tensor([s + [pad_id] * (width_s - len(s)) for s in suffixes], device=device)
     mask_s = torch.tensor([[1] * len(s) + [0] * (width_s - len(s)) for s in suffixes], device=device)
     pos_s = mask_p.sum(-1)[group].unsqueeze(-1) + torch.arange(width_s, device=device)
-    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    logits_s = model(input_ids=ids_s, attention_mask=torch.cat([mask_p[group], mask_s], -1), position_ids=pos_s,
-                     **{key: cache}).logits.float()
-    predictions = torch.cat([first_logits[group].unsqueeze(1), logits_s[:, :-1]], 1)
-    nll = F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), ids_s.reshape(-1), reduction="none")
-    nll = (nll.view(ids_s.shape) * mask_s).sum(-1)
+    mask_full = torch.cat([mask_p[group], mask_s], -1)
+    decoder, head = _decoder_and_head(model)
+    targets = ids_s[:, 1:]
+    valid = mask_s[:, 1:].bool()  # positions whose next token is a real answer token
+    if decoder is not None:
+        # Project only the positions that predict an answer token: padding never meets the LM head.
+        key = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        hidden = decoder(input_ids=ids_s, attention_mask=mask_full, position_ids=pos_s, **{key: cache}).last_hidden_state
+        rest = F.cross_entropy(head(hidden[:, :-1][valid]).float(), targets[valid], reduction="none")
+    else:
+        key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        logits = model(input_ids=ids_s, attention_mask=mask_full, position_ids=pos_s, **{key: cache}).logits
+        rest = F.cross_entropy(logits[:, :-1][valid].float(), targets[valid], reduction="none")
+    first = F.cross_entropy(first_logits[group], ids_s[:, 0], reduction="none")
+    nll = first + torch.zeros_like(first).index_add_(0, valid.nonzero()[:, 0], rest)
     counts = mask_s.sum(-1)
     for row, (_, i) in enumerate(rows):
         results[i] = (nll[row].item(), int(counts[row].item()))
+
+
+def _decoder_and_head(model):
+    """The decoder stack and LM head of a HF causal LM, or (None, None) when logits need more than
+    ``head(hidden)`` (e.g. Gemma-2's logit soft-capping) and the full forward must be used."""
+    if getattr(model.config, "final_logit_softcapping", None):
+        return None, None
+    get_decoder, head = getattr(model, "get_decoder", None), model.get_output_embeddings()
+    decoder = get_decoder() if callable(get_decoder) else None
+    if decoder is None or head is None or decoder is model:
+        return None, None
+    return decoder, head
 
 
 @torch.no_grad()
