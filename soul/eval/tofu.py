@@ -116,17 +116,22 @@ def generate_answers(model, tokenizer, template: PromptTemplate, questions: Sequ
     """Greedy generations (left padding, total length ``max_length``), special tokens removed."""
     device = next(model.parameters()).device
     prompts = [template.generation_prompt(q) for q in questions]
-    outputs: list[str] = []
+    # Batches of similar prompt length pad little; results go back to the caller's order.
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    outputs: list[str] = [""] * len(prompts)
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        for start in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                             add_special_tokens=True).to(device)
             out = model.generate(**enc, max_length=max_length, do_sample=False, use_cache=True,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            outputs += [t.strip() for t in tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
-                                                                  skip_special_tokens=True)]
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            for i, text in zip(idx, texts):
+                outputs[i] = text.strip()
     finally:
         tokenizer.padding_side = old_side
     return outputs
