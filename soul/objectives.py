@@ -13,6 +13,7 @@ the NPO and DPO papers; "mean NLL" is HF's ``outputs.loss`` (token-averaged over
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,6 +74,10 @@ def build_objective(name: str, hyperparameters: dict, model, ref=None, seed: int
     if spec.needs_reference and ref is None:
         raise ValueError(f"objective {name!r} needs a reference model")
     kwargs = dict(hyperparameters)
+    accepted = set(inspect.signature(spec.fn).parameters) - {"model", "batch", "ref"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"objective={name} does not take {unknown}; its settings are {sorted(accepted)}")
     if kwargs.get("kl_mode", "kl") not in KL_MODES:
         raise ValueError(f"objective.kl_mode must be one of {KL_MODES}, got {kwargs['kl_mode']!r}")
     if spec.prepare is not None:
@@ -88,14 +93,10 @@ def nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
                  labels=batch["labels"]).loss
 
 
-def _shifted(logits: torch.Tensor, labels: torch.Tensor):
-    return logits[:, :-1].float(), labels[:, 1:]
-
-
 def sequence_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence summed NLL of the labelled tokens and their counts: ``-log pi(y|x)`` and ``|y|``."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits, labels = _shifted(logits, batch["labels"])
+    logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
     token_nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
     return token_nll.sum(-1), (labels != IGNORE_INDEX).sum(-1)
 

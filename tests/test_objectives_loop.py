@@ -95,3 +95,8 @@ def test_total_steps_follows_epochs_and_effective_batch():
     assert total_steps(400, cfg, world_size=2) == 250
     cfg.max_steps = 7
     assert total_steps(400, cfg) == 7
+
+
+def test_unknown_objective_setting_is_named():
+    with pytest.raises(ValueError, match=r"objective=graddiff does not take \['gammma'\]"):
+        build_objective("graddiff", {"gammma": 0.3}, tiny_model())

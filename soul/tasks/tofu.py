@@ -115,11 +115,8 @@ class TofuTask:
 
     def evaluate_soul_variant(self, model, tokenizer) -> dict | None:
         """SOUL's own TOFU statistics (``task.eval.variant=soul``), or None for the official variant."""
-        variant = self.task_cfg.eval.variant
-        if variant == "official":
+        if self.task_cfg.eval.variant == "official":  # the value was validated in __init__
             return None
-        if variant != "soul":
-            raise ValueError(f"task.eval.variant must be official or soul, got {variant!r}")
         e = self.task_cfg.eval
         return evaluate_tofu_soul(model, tokenizer, self.splits.eval_sets, self.cfg.model.family,
                                   batch_size=e.batch_size, generation_max_length=e.generation_max_length)
