@@ -62,6 +62,8 @@ def one_item_at_a_time(model, tokenizer, template, eval_sets, max_items=300, max
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--generation-batch-size", type=int, default=None,
+                        help="prompts per generation batch (default: task.eval.generation_batch_size)")
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["paths.output_dir=/tmp/unused"])
@@ -74,7 +76,8 @@ def main() -> int:
     times: dict[str, list[float]] = {"soul": [], "loop": []}
     for _ in range(args.reps):
         start = time.perf_counter()
-        log = evaluate_tofu(model, tokenizer, template, sets, batch_size=32)
+        log = evaluate_tofu(model, tokenizer, template, sets, batch_size=cfg.task.eval.batch_size,
+                            generation_batch_size=args.generation_batch_size or cfg.task.eval.generation_batch_size)
         times["soul"].append(time.perf_counter() - start)
         start = time.perf_counter()
         naive = one_item_at_a_time(model, tokenizer, template, sets)

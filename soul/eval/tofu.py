@@ -138,8 +138,13 @@ def generate_answers(model, tokenizer, template: PromptTemplate, questions: Sequ
 
 
 def evaluate_split(model, tokenizer, template: PromptTemplate, rows: Sequence[dict], split: str,
-                   batch_size: int = 32, generation_max_length: int = 200) -> dict[str, dict[str, object]]:
-    """Per-item TOFU log fields for one split (keys are item indices as strings)."""
+                   batch_size: int = 32, generation_max_length: int = 200,
+                   generation_batch_size: int | None = None) -> dict[str, dict[str, object]]:
+    """Per-item TOFU log fields for one split (keys are item indices as strings).
+
+    ``batch_size`` counts questions per scoring pass (each with all of its answers);
+    ``generation_batch_size`` (default: ``batch_size``) counts prompts per generation batch.
+    """
     para_key = PARAPHRASE_KEY[split]
     questions = [r["question"] for r in rows]
     n_pert = len(rows[0]["perturbed_answer"])
@@ -149,7 +154,8 @@ def evaluate_split(model, tokenizer, template: PromptTemplate, rows: Sequence[di
     scores = answer_nll(model, tokenizer, template, pairs, batch_size)
     n = len(rows)
     gt, para, pert = scores[:n], scores[n:2 * n], scores[2 * n:]
-    generations = generate_answers(model, tokenizer, template, questions, batch_size, generation_max_length)
+    generations = generate_answers(model, tokenizer, template, questions, generation_batch_size or batch_size,
+                                   generation_max_length)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
 
     log: dict[str, dict[str, object]] = {k: {} for k in (
@@ -196,7 +202,7 @@ def model_fingerprint(model) -> str:
 
 def evaluate_tofu(model, tokenizer, template: PromptTemplate, eval_sets: dict, max_items: int | None = 300,
                   batch_size: int = 32, generation_max_length: int = 200, holdout=None,
-                  partial_path: Path | None = None) -> dict:
+                  partial_path: Path | None = None, generation_batch_size: int | None = None) -> dict:
     """The full per-item TOFU log of ``model`` (official variant), with a ``meta`` block.
 
     With ``holdout`` rows, membership-inference and memorization scores of the forget answers and
@@ -228,7 +234,7 @@ def evaluate_tofu(model, tokenizer, template: PromptTemplate, eval_sets: dict, m
             tmp.replace(partial_path)
 
     parts = [(key, lambda split=split: evaluate_split(model, tokenizer, template, first(eval_sets[split]), split,
-                                                      batch_size, generation_max_length))
+                                                      batch_size, generation_max_length, generation_batch_size))
              for split, key in tofu_stats.SPLIT_FILES.items()]
     if holdout is not None:
         parts.append((mia.FORGET_KEY, lambda: mia.score_items(model, tokenizer, template, first(eval_sets["forget"]),

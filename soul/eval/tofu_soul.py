@@ -273,7 +273,7 @@ def _mean(values) -> float | None:
 
 def evaluate_tofu_soul(model, tokenizer, eval_sets: dict, family: str, batch_size: int = 32,
                        generation_max_length: int = 200, embedder: Embedder | None = None,
-                       emulate_fast_tokenizer: bool = False) -> dict:
+                       emulate_fast_tokenizer: bool = False, generation_batch_size: int | None = None) -> dict:
     """SOUL's TOFU evaluation of a live model (all rows of every split); see the module docstring.
 
     ``eval_sets`` maps forget / retain / real_authors / world_facts to HF datasets or lists of
@@ -315,7 +315,7 @@ def evaluate_tofu_soul(model, tokenizer, eval_sets: dict, family: str, batch_siz
     if embedder is not None:
         questions += [r["paraphrased_question"] for s in PARAPHRASED_SPLITS for r in rows[s]]
     questions = list(dict.fromkeys(questions))
-    gen = dict(zip(questions, generate_soul(model, tokenizer, template, questions, batch_size,
+    gen = dict(zip(questions, generate_soul(model, tokenizer, template, questions, generation_batch_size or batch_size,
                                             generation_max_length, emulate_fast_tokenizer)))
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 

@@ -76,6 +76,7 @@ class TofuTask:
     def _eval_settings(self) -> dict:
         e = self.task_cfg.eval
         return {"max_items": e.max_items, "batch_size": e.batch_size,
+                "generation_batch_size": e.generation_batch_size,
                 "generation_max_length": e.generation_max_length}
 
     def evaluate(self, model, tokenizer, template: PromptTemplate, partial_path: Path | None = None) -> dict:
@@ -119,7 +120,8 @@ class TofuTask:
             return None
         e = self.task_cfg.eval
         return evaluate_tofu_soul(model, tokenizer, self.splits.eval_sets, self.cfg.model.family,
-                                  batch_size=e.batch_size, generation_max_length=e.generation_max_length)
+                                  batch_size=e.batch_size, generation_batch_size=e.generation_batch_size,
+                                  generation_max_length=e.generation_max_length)
 
     @staticmethod
     def summarize(log_: dict, reference: dict | None) -> dict:
