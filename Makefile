@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # for another CUDA or ROCm version pass the --index-url that PyTorch's install page gives for your platform.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench bench-optim clean
+.PHONY: setup demo test bench bench-optim grid clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# make grid GRID=tofu_fo_vs_so   run a ready grid (conf/grid/) and write its report
+GRID ?= tofu_fo_vs_so
+grid: setup
+	$(BIN)/python -m soul.run -m grid=$(GRID); status=$$?; \
+	$(BIN)/python -m soul.report outputs/sweeps/$(GRID); exit $$status
 
 bench: setup
 	$(BIN)/python experiments/bench_demo.py

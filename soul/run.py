@@ -24,6 +24,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from soul.data.tofu import retain_split_for
+from soul.jobs import finished_result, write_status
+from soul.loggers import RunLogger, build_logger
 from soul.models import load_pretrained, template_from_config
 from soul.objectives import build_objective, get_objective
 from soul.optim import build_optimizer
@@ -44,12 +46,40 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's "Using default tokenizer"
 
+# What tells the jobs of a grid apart comes first in their directory names.
+DIRNAME_PRIORITY = ("experiment", "task", "model", "objective", "optim", "seed")
+
+
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split at ``sep`` outside brackets (override values may be lists)."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        if ch == sep and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return parts + [current] if current else parts
+
+
 def job_dirname(overrides: str, max_chars: int = 96) -> str:
-    """A multirun job's directory name from its overrides: no slashes, never too long for the
-    file system (long ones keep a readable prefix plus a hash, so names stay unique and stable)."""
+    """A multirun job's directory name from its overrides: no slashes, the identifying ones
+    (experiment, task, model, objective, optim, seed) first, never too long for the file system
+    (long ones keep a readable prefix plus a hash of all overrides, so names stay unique and stable)."""
     import hashlib
 
-    name = overrides.replace("/", "_") or "defaults"
+    def rank(item: str) -> tuple:
+        key = item.split("=", 1)[0]
+        top = key.split(".")[0]
+        return (DIRNAME_PRIORITY.index(key) if key in DIRNAME_PRIORITY else
+                len(DIRNAME_PRIORITY) + (0 if top in ("objective", "optim") else 1), key)
+
+    items = sorted(_split_top_level(overrides), key=rank)
+    name = ",".join(items).replace("/", "_") or "defaults"
     if len(name) > max_chars:
         name = name[:max_chars] + "-" + hashlib.sha1(overrides.encode()).hexdigest()[:10]
     return name
@@ -57,6 +87,8 @@ def job_dirname(overrides: str, max_chars: int = 96) -> str:
 
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 OmegaConf.register_new_resolver("tofu_retain", retain_split_for, replace=True)
+OmegaConf.register_new_resolver("cwd", lambda: str(Path.cwd()), replace=True)
+OmegaConf.register_new_resolver("mul", lambda a, b: float(f"{float(a) * float(b):.6g}"), replace=True)
 OmegaConf.register_new_resolver("tofu_holdout", lambda forget: forget.replace("forget", "holdout"), replace=True)
 
 
@@ -88,9 +120,20 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     validate(cfg)
     quiet_libraries()
     out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     accelerator = Accelerator(cpu=not torch.cuda.is_available() or cfg.device == "cpu",
                               mixed_precision=cfg.mixed_precision)
+    tracker = build_logger(cfg, out_dir) if accelerator.is_main_process else RunLogger()
+    try:
+        metrics = _run(cfg, out_dir, accelerator, tracker)
+    except BaseException:
+        tracker.finish(None, status="failed")
+        raise
+    tracker.finish(metrics, [out_dir / name for name in ("tofu_eval.json", "tofu_eval_soul.json", "metrics.json")])
+    return metrics
+
+
+def _run(cfg: DictConfig, out_dir: Path, accelerator: Accelerator, tracker: RunLogger) -> dict:
+    started = time.perf_counter()
     set_seed(cfg.seed)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -114,7 +157,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     objective = build_objective(cfg.objective.name, hyperparameters, model, ref, cfg.seed)
     optimizer, curvature = build_optimizer(cfg.optim, model, cfg.seed)  # after RMU may have frozen parameters
     train = unlearn(model, tokenizer, template, task.forget_rows, task.retain_rows, objective,
-                    optimizer, cfg.trainer, accelerator, cfg.seed, out_dir / "train_log.jsonl", curvature)
+                    optimizer, cfg.trainer, accelerator, cfg.seed, out_dir / "train_log.jsonl", curvature,
+                    on_step=tracker.log_step)
 
     if not accelerator.is_main_process:
         return {}
@@ -146,7 +190,21 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    """One job: skipped when its directory already holds its finished result (unless
+    ``overwrite=true``); otherwise run, with ``status.json`` saying running, completed or failed
+    (with the error), so a failed job of a grid is on record while the others go on."""
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    previous = finished_result(cfg, out_dir)
+    if previous is not None:
+        print(f"soul: skipped, finished result in {out_dir} (overwrite=true reruns it)")
+        return previous.get("forget_quality")
+    write_status(out_dir, "running")
+    try:
+        metrics = run(cfg, out_dir)
+    except BaseException as error:
+        write_status(out_dir, "failed", error)
+        raise
+    write_status(out_dir, "completed")
     return metrics.get("forget_quality")
 
 

@@ -14,7 +14,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -83,12 +83,14 @@ def total_steps(n_forget: int, cfg: DictConfig, world_size: int = 1) -> int:
 
 def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict], retain_rows: list[dict],
             objective: Objective, optimizer: torch.optim.Optimizer, cfg: DictConfig,
-            accelerator, seed: int, log_path: Path, curvature: CurvatureHook | None = None) -> dict:
-    """Run ``objective`` with ``optimizer`` for the configured steps; append one JSON line per step."""
+            accelerator, seed: int, log_path: Path, curvature: CurvatureHook | None = None,
+            on_step: Callable[[dict], None] | None = None) -> dict:
+    """Run ``objective`` with ``optimizer`` for the configured steps; append one JSON line per step
+    (and hand each line to ``on_step`` on the main process, e.g. a tracker's ``log_step``)."""
     make_batch = BatchMaker(tokenizer, template, forget_rows, retain_rows, cfg.max_length,
                             objective.needs_refusals, seed, accelerator.device)
     if getattr(optimizer, "one_shot", False):
-        return one_shot_unlearn(model, make_batch, objective, optimizer, cfg, accelerator, seed, log_path)
+        return one_shot_unlearn(model, make_batch, objective, optimizer, cfg, accelerator, seed, log_path, on_step)
     n_forget, n_retain = len(forget_rows), len(retain_rows)
     steps = total_steps(n_forget, cfg, accelerator.num_processes)
     warmup = max(1, int(cfg.warmup_ratio * steps))
@@ -137,6 +139,8 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
             if accelerator.is_main_process:
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
+                if on_step is not None:
+                    on_step(record)
             bar.set_postfix(loss=f"{totals['loss']:.3f}")
     model.eval()
     elapsed = time.perf_counter() - start
@@ -146,7 +150,7 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
 
 
 def one_shot_unlearn(model, make_batch: BatchMaker, objective: Objective, optimizer, cfg: DictConfig, accelerator,
-                     seed: int, log_path: Path) -> dict:
+                     seed: int, log_path: Path, on_step: Callable[[dict], None] | None = None) -> dict:
     """Influence unlearning: diagonal retain curvature, then one step on the whole forget gradient."""
     n_forget, n_retain = len(make_batch.encoded["forget"]), len(make_batch.encoded["retain"])
     model = accelerator.prepare(model)
@@ -179,8 +183,11 @@ def one_shot_unlearn(model, make_batch: BatchMaker, objective: Objective, optimi
     model.eval()
     elapsed = time.perf_counter() - start
     if accelerator.is_main_process:
+        record = {"step": 1, **totals, "curvature_batches": optimizer.retain_batches,
+                  "elapsed_s": elapsed, **optimizer.diagnostics()}
         with open(log_path, "w") as f:
-            f.write(json.dumps({"step": 1, **totals, "curvature_batches": optimizer.retain_batches,
-                                "elapsed_s": elapsed, **optimizer.diagnostics()}) + "\n")
+            f.write(json.dumps(record) + "\n")
+        if on_step is not None:
+            on_step(record)
     return {"steps": 1, "warmup_steps": 0, "train_seconds": elapsed, "steps_per_second": 1 / elapsed,
             "effective_batch": n_forget}

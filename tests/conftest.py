@@ -36,10 +36,11 @@ def cache_dir(tmp_path_factory) -> Path:
     return path
 
 
-def run_soul(*overrides: str, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m soul.run`` in a subprocess, as a user would call it."""
-    env = {**os.environ, "SOUL_CACHE_DIR": str(cache), "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run([sys.executable, "-m", "soul.run", *overrides], cwd=REPO, env=env,
+def run_soul(*overrides: str, cache: Path, check: bool = True, env: dict | None = None,
+             cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """``python -m soul.run`` in a subprocess, as a user would call it (``env``: extra variables)."""
+    env = {**os.environ, "SOUL_CACHE_DIR": str(cache), "HYDRA_FULL_ERROR": "0", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "soul.run", *overrides], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"soul.run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

@@ -54,3 +54,38 @@ def test_every_experiment_composes():
     for path in sorted((REPO / "conf" / "experiment").glob("*.yaml")):
         cfg = composed(f"experiment={path.stem}")
         assert cfg.model.name == "llama2-7b-tofu"
+
+
+def test_npo_twins_differ_only_in_optimizer():
+    fo = OmegaConf.to_container(composed("experiment=soul_tofu_npo_fo"), resolve=True)
+    so = OmegaConf.to_container(composed("experiment=soul_tofu_npo_so"), resolve=True)
+    assert {k for k in fo if fo[k] != so[k]} == {"optim"}
+    assert fo["optim"]["lr"] == so["optim"]["lr"] == 5e-6 and fo["objective"]["length_normalized"]
+
+
+def test_official_presets_scale_their_learning_rate_on_the_tiny_model():
+    # grid=tofu_fo_vs_so_official runs the presets on the embedded default: lr x model.lr_scale (60).
+    for name, (_, optim, lr, gamma) in OFFICIAL.items():
+        cfg = composed(f"experiment={name}", "grid=tofu_fo_vs_so_official")
+        assert cfg.model.name == "tiny" and cfg.task.source == "embedded" and cfg.mixed_precision == "no"
+        assert cfg.optim.name == optim and cfg.objective.gamma == gamma
+        assert cfg.optim.lr == pytest.approx(lr * 60)
+
+
+GRIDS = sorted(p.stem for p in (REPO / "conf" / "grid").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_every_grid_names_real_choices(grid):
+    """Every swept value of every ready grid composes into a config (what `-m grid=...` will run)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["paths.output_dir=/tmp/unused", f"grid={grid}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert cfg.sweep_name == grid and "seed" in params
+    for key, values in params.items():
+        for value in str(values).split(","):
+            job = composed(f"grid={grid}", f"{key}={value}")
+            if key == "experiment":
+                continue  # a bundle: composing it is the check
+            chosen = OmegaConf.select(job, key)
+            assert str(chosen.name if hasattr(chosen, "name") else chosen) == value
