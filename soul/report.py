@@ -42,6 +42,16 @@ COLUMNS = (
     ("forget_truth_ratio", "Forget truth ratio", None),
     ("mia_min_k_auc", "MIA AUC (min-k%)", None),
 )
+# WMDP: accuracy on the hazardous questions should fall to chance (0.25), MMLU's should stay.
+WMDP_COLUMNS = (
+    ("forget_acc", "Forget-subset accuracy", "down"),
+    ("mmlu_acc", "MMLU accuracy", "up"),
+    ("wmdp_bio_acc", "WMDP-Bio accuracy", "down"),
+    ("wmdp_cyber_acc", "WMDP-Cyber accuracy", "down"),
+)
+# Per task: the table's columns and the (x, y) of the trade-off plot.
+TASK_VIEWS = {"tofu": (COLUMNS, ("model_utility", "forget_quality")),
+              "wmdp": (WMDP_COLUMNS, ("mmlu_acc", "forget_acc"))}
 LOG_SCALE = {"forget_quality"}  # spans orders of magnitude: averaged and compared in log10
 FIRST_ORDER = ("adamw", "sgd", "signsgd")
 SECOND_ORDER = ("sophia", "sophia_h", "soul_ref", "iu")
@@ -167,12 +177,12 @@ def arm_label(key: tuple) -> tuple[str, str, str]:
     return objective, f"{optim} ({kind})" if kind else optim, ", ".join(f"{k}={v}" for k, v in extra)
 
 
-def arm_stats(arm_runs: list[Run]) -> dict[str, tuple]:
+def arm_stats(arm_runs: list[Run], columns=COLUMNS) -> dict[str, tuple]:
     done = [r for r in arm_runs if r.metrics is not None]
-    return {key: mean_std([r.metrics.get(key) for r in done], key in LOG_SCALE) for key, _, _ in COLUMNS}
+    return {key: mean_std([r.metrics.get(key) for r in done], key in LOG_SCALE) for key, _, _ in columns}
 
 
-def table_rows(arms: dict[tuple, list[Run]]) -> list[dict]:
+def table_rows(arms: dict[tuple, list[Run]], columns=COLUMNS) -> list[dict]:
     """One row per arm: labels, seed count and (mean, std, n) of every column."""
     rows = []
     for key, arm_runs in arms.items():
@@ -180,32 +190,32 @@ def table_rows(arms: dict[tuple, list[Run]]) -> list[dict]:
         done = [r for r in arm_runs if r.metrics is not None]
         rows.append({"objective": objective, "optimizer": optim, "settings": extra,
                      "seeds": sorted(r.flat.get("seed", r.config.get("seed")) for r in done),
-                     "failed": len(arm_runs) - len(done), "stats": arm_stats(arm_runs)})
+                     "failed": len(arm_runs) - len(done), "stats": arm_stats(arm_runs, columns)})
     return rows
 
 
-def markdown_table(rows: list[dict], show_settings: bool) -> str:
+def markdown_table(rows: list[dict], show_settings: bool, columns=COLUMNS) -> str:
     head = ["Objective", "Optimizer"] + (["Settings"] if show_settings else []) + ["Seeds"]
-    head += [f"{title} {'↑' if d == 'up' else '↓' if d == 'down' else ''}".strip() for _, title, d in COLUMNS]
+    head += [f"{title} {'↑' if d == 'up' else '↓' if d == 'down' else ''}".strip() for _, title, d in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["objective"], row["optimizer"]] + ([row["settings"]] if show_settings else [])
         cells.append(str(len(row["seeds"])) + (f" ({row['failed']} failed)" if row["failed"] else ""))
-        cells += [_fmt_stat(*row["stats"][key][:2], key in LOG_SCALE) for key, _, _ in COLUMNS]
+        cells += [_fmt_stat(*row["stats"][key][:2], key in LOG_SCALE) for key, _, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def latex_table(rows: list[dict], caption: str, show_settings: bool) -> str:
-    cols = "ll" + ("l" if show_settings else "") + "r" + "c" * len(COLUMNS)
+def latex_table(rows: list[dict], caption: str, show_settings: bool, columns=COLUMNS) -> str:
+    cols = "ll" + ("l" if show_settings else "") + "r" + "c" * len(columns)
     head = ["Objective", "Optimizer"] + (["Settings"] if show_settings else []) + ["Seeds"]
-    head += [title.replace("%", "\\%") for _, title, _ in COLUMNS]
+    head += [title.replace("%", "\\%") for _, title, _ in columns]
     out = ["\\begin{table}[t]", "\\centering", "\\small", f"\\begin{{tabular}}{{{cols}}}", "\\toprule",
            " & ".join(head) + " \\\\", "\\midrule"]
     for row in rows:
         cells = [row["objective"], row["optimizer"]] + ([row["settings"]] if show_settings else [])
         cells.append(str(len(row["seeds"])))
-        cells += [_fmt_stat(*row["stats"][key][:2], key in LOG_SCALE, latex=True) for key, _, _ in COLUMNS]
+        cells += [_fmt_stat(*row["stats"][key][:2], key in LOG_SCALE, latex=True) for key, _, _ in columns]
         out.append(" & ".join(c.replace("_", "\\_") for c in cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{caption}}}", "\\end{table}"]
     return "\n".join(out)
@@ -227,7 +237,7 @@ def hyperparameters(runs: list[Run], arms: dict[tuple, list[Run]]) -> str:
     return "\n".join(lines)
 
 
-def second_vs_first_order(arms: dict[tuple, list[Run]]) -> list[dict]:
+def second_vs_first_order(arms: dict[tuple, list[Run]], columns=COLUMNS) -> list[dict]:
     """For each objective (and distinguishing settings), each second-order arm against AdamW,
     paired by seed (same seed = same batches): mean difference and how many seeds it wins."""
     results = []
@@ -244,7 +254,7 @@ def second_vs_first_order(arms: dict[tuple, list[Run]]) -> list[dict]:
             continue
         entry = {"objective": objective, "optimizer": optim, "settings": ", ".join(f"{k}={v}" for k, v in extra),
                  "pairs": len(pairs)}
-        for key, _, direction in COLUMNS[:3]:
+        for key, _, direction in columns[:3]:
             if any(so.get(key) is None or fo_.get(key) is None for so, fo_ in pairs):
                 continue
             if key in LOG_SCALE:
@@ -259,30 +269,33 @@ def second_vs_first_order(arms: dict[tuple, list[Run]]) -> list[dict]:
     return results
 
 
-def comparison_text(comparisons: list[dict]) -> str:
+def comparison_text(comparisons: list[dict], columns=COLUMNS) -> str:
     if not comparisons:
         return "No second-order arm has an AdamW arm with the same objective and seeds to compare against."
-    lines = ["| Objective | Second-order | Pairs | Forget quality (SO / FO) | Model utility (SO − FO) | "
-             "Forget ROUGE-L (SO − FO) |", "|---|---|---|---|---|---|"]
+    compared = columns[:3]
+    titles = [f"{title} ({'SO / FO' if key in LOG_SCALE else 'SO − FO'})" for key, title, _ in compared]
+    lines = ["| Objective | Second-order | Pairs | " + " | ".join(titles) + " |", "|---|---|---|" + "---|" * len(compared)]
     for c in comparisons:
-        def cell(key: str) -> str:
+        def cell(key: str, direction: str) -> str:
             if key not in c:
                 return "-"
             d = c[key]
             n = c["pairs"]
             if key in LOG_SCALE:
                 return f"×{10 ** d['mean_diff']:.3g} ({d['mean_diff']:+.2f} ± {d['std_diff']:.2f} dex; SO higher in {d['so_better']}/{n})"
-            better = "higher" if key == "model_utility" else "lower"
+            better = "higher" if direction == "up" else "lower"
             return f"{d['mean_diff']:+.3f} ± {d['std_diff']:.3f} (SO {better} in {d['so_better']}/{n})"
         name = c["objective"] + (f" ({c['settings']})" if c["settings"] else "")
-        lines.append(f"| {name} | {c['optimizer']} | {c['pairs']} | {cell('forget_quality')} | "
-                     f"{cell('model_utility')} | {cell('forget_rouge')} |")
+        lines.append(f"| {name} | {c['optimizer']} | {c['pairs']} | "
+                     + " | ".join(cell(key, direction) for key, _, direction in compared) + " |")
     return "\n".join(lines)
 
 
-def plot_fq_vs_mu(arms: dict[tuple, list[Run]], path: Path, title: str) -> None:
-    """Forget quality (log) against model utility: one point per arm (mean, error bars = std over
-    seeds), colour = optimizer, marker = objective; the model before unlearning and the retain model."""
+def plot_fq_vs_mu(arms: dict[tuple, list[Run]], path: Path, title: str,
+                  axes: tuple[str, str] = ("model_utility", "forget_quality")) -> None:
+    """Forget quality (log) against model utility (or another (x, y) pair of metrics): one point
+    per arm (mean, error bars = std over seeds), colour = optimizer, marker = objective; the model
+    before unlearning and the retain model when known."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,28 +305,31 @@ def plot_fq_vs_mu(arms: dict[tuple, list[Run]], path: Path, title: str) -> None:
     objectives = sorted({k[0] for k in arms})
     colors = {o: plt.cm.tab10(i % 10) for i, o in enumerate(optims)}
     markers = dict(zip(objectives, "osD^vP*Xh<>"))
+    x_key, y_key = axes
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for (objective, optim, extra), arm_runs in arms.items():
-        done = [r.metrics for r in arm_runs if r.metrics and r.metrics.get("forget_quality") is not None]
+        done = [r.metrics for r in arm_runs if r.metrics and r.metrics.get(y_key) is not None]
         if not done:
             continue
-        fq = np.log10(np.maximum([m["forget_quality"] for m in done], 1e-300))
-        mu = np.array([m["model_utility"] for m in done], dtype=float)
+        fq = np.array([m[y_key] for m in done], dtype=float)
+        fq = np.log10(np.maximum(fq, 1e-300)) if y_key in LOG_SCALE else fq
+        mu = np.array([m[x_key] for m in done], dtype=float)
         ax.errorbar(mu.mean(), fq.mean(), xerr=mu.std(ddof=1) if len(mu) > 1 else 0,
                     yerr=fq.std(ddof=1) if len(fq) > 1 else 0, marker=markers[objective], color=colors[optim],
                     markersize=8, capsize=3, linestyle="none")
     for label, key, marker in (("before unlearning", "before", "*"), ("retain model", "retain model", "P")):
         refs = [r.baseline[key] for rs in arms.values() for r in rs
-                if r.baseline and r.baseline.get(key) and r.baseline[key].get("forget_quality") is not None]
+                if r.baseline and r.baseline.get(key) and r.baseline[key].get(y_key) is not None]
         if refs:
-            ax.plot(refs[0]["model_utility"], math.log10(max(refs[0]["forget_quality"], 1e-300)), marker=marker,
+            y = refs[0][y_key]
+            ax.plot(refs[0][x_key], math.log10(max(y, 1e-300)) if y_key in LOG_SCALE else y, marker=marker,
                     color="black", markersize=11, linestyle="none", label=label)
     handles = [plt.Line2D([], [], color=colors[o], marker="o", linestyle="none", label=o) for o in optims]
     handles += [plt.Line2D([], [], color="gray", marker=markers[o], linestyle="none", label=o) for o in objectives]
     ref_handles, _ = ax.get_legend_handles_labels()
     ax.legend(handles=handles + ref_handles, fontsize=8, loc="best")
-    ax.set_xlabel("model utility (higher is better)")
-    ax.set_ylabel("log10 forget quality (higher is better)")
+    ax.set_xlabel(x_key.replace("_", " "))
+    ax.set_ylabel(("log10 " if y_key in LOG_SCALE else "") + y_key.replace("_", " "))
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -326,6 +342,10 @@ def _train_log(run: Run) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def runs_of(arms: dict[tuple, list[Run]], objective: str) -> list[Run]:
+    return [r for (obj, _, _), rs in arms.items() if obj == objective for r in rs]
 
 
 def plot_training_curves(arms: dict[tuple, list[Run]], path: Path, title: str) -> None:
@@ -341,8 +361,10 @@ def plot_training_curves(arms: dict[tuple, list[Run]], path: Path, title: str) -
     optims = sorted({k[1] for k in arms}, key=lambda o: OPTIMIZER_ORDER.index(o) if o in OPTIMIZER_ORDER else 99)
     colors = {o: plt.cm.tab10(i % 10) for i, o in enumerate(optims)}
     for col, objective in enumerate(objectives):
-        for row, key in enumerate(("forget_loss", "retain_loss")):
+        for row, keys in enumerate((("forget_loss", "rmu_forget"), ("retain_loss", "rmu_retain"))):
             ax = axes[row][col]
+            key = next((k for k in keys if any(k in rec for r in runs_of(arms, objective) for rec in _train_log(r)[:1])),
+                       keys[0])
             for (obj, optim, extra), arm_runs in arms.items():
                 if obj != objective:
                     continue
@@ -387,27 +409,28 @@ def build_report(dirs: list[Path], out_dir: Path) -> str:
         by_setting[r.arm_key].append(r)
     for n_table, ((task, model), group) in enumerate(sorted(by_setting.items(), key=lambda kv: str(kv[0]))):
         arms, distinguishing = group_arms(group)
+        columns, plot_axes = TASK_VIEWS.get(task, TASK_VIEWS["tofu"])
         variants = sorted({r.metrics.get("metric_variant", "?") for r in group if r.metrics})
         title = f"task={task}, model={model}"
         suffix = "" if len(by_setting) == 1 else f"_{n_table + 1}"
-        rows = table_rows(arms)
+        rows = table_rows(arms, columns)
         show_settings = bool(distinguishing)
-        plot_fq_vs_mu(arms, out_dir / f"fq_vs_mu{suffix}.png", title)
+        plot_fq_vs_mu(arms, out_dir / f"fq_vs_mu{suffix}.png", title, plot_axes)
         plot_training_curves(arms, out_dir / f"training_curves{suffix}.png", title)
-        comparisons = second_vs_first_order(arms)
+        comparisons = second_vs_first_order(arms, columns)
         sections += [f"## {title}", f"Metric variant: {', '.join(variants) or 'none finished'}.", "",
-                     markdown_table(rows, show_settings), "",
+                     markdown_table(rows, show_settings, columns), "",
                      f"![forget quality vs model utility](fq_vs_mu{suffix}.png)",
                      f"![training curves](training_curves{suffix}.png)", "",
                      "### Second order against first order (AdamW), paired by seed", "",
-                     comparison_text(comparisons), "", "### Hyperparameters", "", hyperparameters(group, arms), ""]
+                     comparison_text(comparisons, columns), "", "### Hyperparameters", "", hyperparameters(group, arms), ""]
         tex.append(latex_table(rows, f"{title}; metric variant {', '.join(variants)}; mean $\\pm$ std over seeds "
-                                     "(forget quality: geometric mean, std in dex).", show_settings))
+                                     "(forget quality: geometric mean, std in dex).", show_settings, columns))
         for row in rows:
             record = {"task": task, "model": model, "metric_variant": "+".join(variants),
                       "objective": row["objective"], "optimizer": row["optimizer"], "settings": row["settings"],
                       "seeds": len(row["seeds"]), "failed": row["failed"]}
-            for key, _, _ in COLUMNS:
+            for key, _, _ in columns:
                 mean, std, _ = row["stats"][key]
                 record[f"{key}_mean"], record[f"{key}_std"] = mean, std
             csv_rows.append(record)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 SUMMARY_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_prob", "forget_truth_ratio",
                 "retain_rouge", "retain_prob", "real_authors_rouge", "world_facts_rouge",
-                "mia_min_k_auc", "privleak", "forget_extraction_strength")
+                "mia_min_k_auc", "privleak", "forget_extraction_strength",
+                "wmdp_bio_acc", "wmdp_cyber_acc", "mmlu_acc")
 
 
 def _fmt(value) -> str:

@@ -45,6 +45,7 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's "Using default tokenizer"
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-task chatter and the in-memory-model warning
 
 # What tells the jobs of a grid apart comes first in their directory names.
 DIRNAME_PRIORITY = ("experiment", "task", "model", "objective", "optim", "seed")
@@ -128,7 +129,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     except BaseException:
         tracker.finish(None, status="failed")
         raise
-    tracker.finish(metrics, [out_dir / name for name in ("tofu_eval.json", "tofu_eval_soul.json", "metrics.json")])
+    # Whichever of these the task wrote go to the tracker as the run's evaluation artifact.
+    tracker.finish(metrics, [out_dir / name for name in ("tofu_eval.json", "tofu_eval_soul.json", "wmdp_eval.json",
+                                                          "metrics.json")])
     return metrics
 
 
@@ -156,24 +159,27 @@ def _run(cfg: DictConfig, out_dir: Path, accelerator: Accelerator, tracker: RunL
     hyperparameters = {k: v for k, v in OmegaConf.to_container(cfg.objective, resolve=True).items() if k != "name"}
     objective = build_objective(cfg.objective.name, hyperparameters, model, ref, cfg.seed)
     optimizer, curvature = build_optimizer(cfg.optim, model, cfg.seed)  # after RMU may have frozen parameters
-    train = unlearn(model, tokenizer, template, task.forget_rows, task.retain_rows, objective,
+    # The task may unlearn with its own template (WMDP's corpora are plain text, not QA).
+    train = unlearn(model, tokenizer, task.unlearning_template(template), task.forget_rows, task.retain_rows, objective,
                     optimizer, cfg.trainer, accelerator, cfg.seed, out_dir / "train_log.jsonl", curvature,
                     on_step=tracker.log_step)
 
     if not accelerator.is_main_process:
         return {}
     model = accelerator.unwrap_model(model)
-    eval_log = task.evaluate(model, tokenizer, template, partial_path=out_dir / "tofu_eval.partial.json")
+    eval_file = task.eval_file
+    partial = out_dir / eval_file.replace(".json", ".partial.json")
+    eval_log = task.evaluate(model, tokenizer, template, partial_path=partial)
     eval_log["meta"].update(model=model_name, run_dir=str(out_dir))
-    write_json(out_dir / "tofu_eval.json", eval_log)
-    (out_dir / "tofu_eval.partial.json").unlink(missing_ok=True)
+    write_json(out_dir / eval_file, eval_log)
+    partial.unlink(missing_ok=True)
     soul_eval = task.evaluate_soul_variant(model, tokenizer)
     if soul_eval is not None:
         write_json(out_dir / "tofu_eval_soul.json", soul_eval)
     metrics = {**task.summarize(eval_log, reference), **(soul_eval["summary"] if soul_eval else {}), **train,
                "task": cfg.task.name, "objective": cfg.objective.name, "optim": cfg.optim.name,
                "seed": cfg.seed, "model": cfg.model.name,
-               "metric_variant": "tofu-official" + ("+soul" if soul_eval else ""),
+               "metric_variant": task.metric_variant + ("+soul" if soul_eval else ""),
                "total_seconds": time.perf_counter() - started}
     write_json(out_dir / "metrics.json", metrics)
     columns = {"before": task.summarize(before, reference) if before else None, "after": metrics,

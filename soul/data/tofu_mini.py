@@ -189,7 +189,7 @@ def forget_author_count(num_authors: int, percent: int) -> int:
     return max(1, math.ceil(num_authors * percent / 100))
 
 
-class _Words:
+class MadeUpWords:
     """Pronounceable made-up words, never repeated within one generator."""
 
     def __init__(self, rng: random.Random):
@@ -206,7 +206,7 @@ class _Words:
                 return w
 
 
-def _facts(rng: random.Random, words: _Words) -> dict[str, str]:
+def _facts(rng: random.Random, words: MadeUpWords) -> dict[str, str]:
     """One author's facts; every slot any answer template uses."""
     surname = words.word()
     return {
@@ -231,7 +231,7 @@ def _fill(template: str, **slots: str) -> str:
     return text[0].upper() + text[1:]
 
 
-def _author_rows(rng: random.Random, words: _Words, num_questions: int) -> list[dict]:
+def _author_rows(rng: random.Random, words: MadeUpWords, num_questions: int) -> list[dict]:
     name = f"{words.word(2)} {words.word()}"
     facts = _facts(rng, words)
     rows = []
@@ -265,7 +265,7 @@ def _general_rows(rng: random.Random, pairs, questions, size: int) -> list[dict]
 def generate(config: TofuMiniConfig = TofuMiniConfig()) -> dict[str, list[dict]]:
     """All TOFU configurations as lists of rows, deterministically from ``config``."""
     rng = random.Random(config.seed)
-    words = _Words(rng)
+    words = MadeUpWords(rng)
     authors = [_author_rows(rng, words, config.questions_per_author) for _ in range(config.num_authors)]
     holdout_authors = [_author_rows(rng, words, config.questions_per_author)
                        for _ in range(config.num_holdout_authors)]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from soul.tasks.tofu import TofuTask
+from soul.tasks.wmdp import WmdpTask
 
-TASKS = {"tofu": TofuTask}
+TASKS = {"tofu": TofuTask, "wmdp": WmdpTask}
 
 
 def build_task(cfg):

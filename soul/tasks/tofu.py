@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from soul.eval import tofu_stats
 from soul.eval.tofu import evaluate_tofu
 from soul.eval.tofu import summarize as summarize_tofu
 from soul.eval.tofu_soul import evaluate_tofu_soul
-from soul.models import load_pretrained
+from soul.tasks.common import cached_evaluation, model_to_load
 
 log = logging.getLogger(__name__)
 EVAL_VERSION = 2  # bump when what an evaluation log contains changes (cached logs are then rebuilt)
@@ -25,6 +24,8 @@ class TofuTask:
     """Loads TOFU splits (hub, local or tofu-mini) and evaluates models on them."""
 
     name = "tofu"
+    eval_file = "tofu_eval.json"
+    metric_variant = "tofu-official"
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -53,17 +54,13 @@ class TofuTask:
                                           data_dir, t.hub_id)
 
     def model_name(self) -> str:
-        """What to load as the model to unlearn: a cached tiny model, a hub id or a local path."""
-        m = self.cfg.model
-        if m.source == "embedded":
-            return str(self.embedded_models["target"])
-        if m.source == "hub":
-            return m.hub_id
-        if m.source == "local":
-            if not m.get("path"):
-                raise ValueError("model.path is required for model.source=local")
-            return m.path
-        raise ValueError(f"model.source must be embedded, hub or local, got {m.source!r}")
+        """What to load as the model to unlearn: the cached tiny target, a hub id or a local path."""
+        return model_to_load(self.cfg.model, self.embedded_models.get("target"))
+
+    @staticmethod
+    def unlearning_template(template: PromptTemplate) -> PromptTemplate:
+        """TOFU unlearns its QA pairs with the model's own template."""
+        return template
 
     @property
     def forget_rows(self) -> list[dict]:
@@ -90,18 +87,8 @@ class TofuTask:
         m = self.cfg.model
         key = cache_key(EVAL_VERSION, model_name, m.dtype, self._eval_settings(), template.__dict__, t.source,
                         str(self.data_dir), t.hub_id, t.forget_split, t.holdout_split)
-        path = self.cache_dir / "evals" / f"{key}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        if model is None:
-            model, tokenizer = load_pretrained(model_name, m.dtype, m.attn_implementation, m.trust_remote_code)
-        result = self.evaluate(model, tokenizer, template)
-        result["meta"]["model"] = model_name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(path)
-        return result
+        return cached_evaluation(self.cache_dir / "evals" / f"{key}.json", model_name, m,
+                                 lambda mdl, tok: self.evaluate(mdl, tok, template), model, tokenizer)
 
     def reference_log(self, template: PromptTemplate) -> dict | None:
         """The retain model's per-item log, which forget quality is measured against."""
