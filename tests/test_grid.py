@@ -82,15 +82,6 @@ def test_rerun_skips_finished_jobs(grid, cache_dir):
     assert all(len(list(j.glob("wandb/offline-run-*"))) == 1 for j in before)  # no new W&B runs either
 
 
-def test_default_sweep_directory_is_under_the_working_directory(cache_dir, tmp_path):
-    # No output path given: jobs go to ./outputs/sweeps/<sweep_name>/<overrides>, named without time,
-    # so that the same command run again finds them.
-    run_soul("-m", "seed=0,1", *SMALL, "trainer.max_steps=2", cache=cache_dir, cwd=tmp_path)
-    jobs = jobs_of(tmp_path / "outputs" / "sweeps" / "default")
-    assert [j.name.split(",")[0] for j in jobs] == ["seed=0", "seed=1"]
-    assert all((j / "metrics.json").is_file() for j in jobs)
-
-
 def test_rerun_refuses_a_finished_job_of_another_config(cache_dir, tmp_path):
     args = ("-m", "seed=0", *SMALL, "trainer.max_steps=2", f"paths.output_dir={tmp_path}")
     run_soul(*args, cache=cache_dir)
@@ -108,10 +99,12 @@ def test_rerun_refuses_a_finished_job_of_another_config(cache_dir, tmp_path):
 
 def test_a_failing_job_is_recorded_and_the_others_complete(cache_dir, tmp_path):
     # A negative learning rate fails inside the first job (the optimizer rejects it); the second runs on.
-    proc = run_soul("-m", "optim.lr=-1,0.0001", *SMALL, "trainer.max_steps=2", f"paths.output_dir={tmp_path}",
-                    cache=cache_dir, check=False)
+    # No output path is given: jobs go to ./outputs/sweeps/default/<overrides>, named without time, so
+    # that the same command run again finds them.
+    proc = run_soul("-m", "optim.lr=-1,0.0001", *SMALL, "trainer.max_steps=2", cache=cache_dir, cwd=tmp_path,
+                    check=False)
     assert proc.returncode != 0
-    sweep = tmp_path / "sweeps" / "default"
+    sweep = tmp_path / "outputs" / "sweeps" / "default"
     jobs = {j.name.split(",")[0]: j for j in jobs_of(sweep)}  # the swept override leads each name
     assert sorted(jobs) == ["optim.lr=-1", "optim.lr=0.0001"]
     failed = json.loads((jobs["optim.lr=-1"] / "status.json").read_text())
