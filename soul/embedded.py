@@ -203,10 +203,10 @@ def mcq_training_items(data: dict, orders: int, seed: int) -> list[dict]:
     import itertools
 
     rng = random.Random(seed)
+    others = [p for p in itertools.permutations(range(4)) if p != (0, 1, 2, 3)]
     items = []
     for stem, description in MCQ_DESCRIPTIONS.items():
         for row in data[stem]:
-            others = [p for p in itertools.permutations(range(4)) if list(p) != [0, 1, 2, 3]]
             for perm in [(0, 1, 2, 3)] + rng.sample(others, orders - 1):
                 choices = [row["choices"][i] for i in perm]
                 answer = choices.index(row["choices"][row["answer"]])
@@ -216,8 +216,8 @@ def mcq_training_items(data: dict, orders: int, seed: int) -> list[dict]:
 
 def ensure_tiny_wmdp_model(cache_dir: str | Path, task_cfg: DictConfig, model_cfg: DictConfig) -> tuple[Path, Path]:
     """Build (once) the tiny base model of the WMDP task: language modelling on every corpus
-    (both forget corpora, the retain corpora, wikitext) plus the questions in other choice
-    orders. Returns (wmdp-mini directory, model directory)."""
+    (both forget corpora, the retain corpora, wikitext) plus the questions as lm-eval asks them
+    (see ``mcq_training_items``). Returns (wmdp-mini directory, model directory)."""
     from transformers import AutoTokenizer
 
     from soul.data import wmdp_mini
@@ -225,7 +225,8 @@ def ensure_tiny_wmdp_model(cache_dir: str | Path, task_cfg: DictConfig, model_cf
     arch, train_cfg = _plain(model_cfg.architecture), _plain(model_cfg.base_training)
     config = wmdp_mini_config(task_cfg)
     data_dir = ensure_wmdp_mini(cache_dir, task_cfg, arch["vocab_size"])
-    out = Path(cache_dir) / "tiny_models" / cache_key("wmdp", data_dir.name, arch, train_cfg, config.base_epochs) / "base"
+    # data_dir's name already hashes the whole wmdp-mini config, training orders and epochs included.
+    out = Path(cache_dir) / "tiny_models" / cache_key("wmdp", data_dir.name, arch, train_cfg) / "base"
     with FileLock(str(out) + ".lock"):
         if (out / "config.json").is_file():
             return data_dir, out

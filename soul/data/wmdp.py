@@ -15,7 +15,6 @@ from pathlib import Path
 
 WIKITEXT = ("wikitext", "wikitext-2-raw-v1", "test")
 CORPUS_COLUMNS = {"text"}
-QUESTION_COLUMNS = {"question", "choices", "answer"}
 
 
 class SchemaError(ValueError):
@@ -81,14 +80,3 @@ def load_corpora(subset: str, retain: str, source: str, data_dir: Path | None, c
         raise ValueError(f"retain set ({retain}): no passage longer than task.min_len={min_len}")
     return texts
 
-
-def load_questions(path: Path):
-    """A WMDP-format question file (question, choices[4], answer), schema-checked."""
-    ds = _local(path, "WMDP questions")
-    missing = QUESTION_COLUMNS - set(ds.column_names)
-    if missing:
-        raise SchemaError(f"{path} lacks column(s) {sorted(missing)}; it has {ds.column_names}")
-    bad = [i for i, c in enumerate(ds["choices"]) if len(c) != 4]
-    if bad:
-        raise SchemaError(f"{path}: rows {bad[:5]} do not have 4 choices")
-    return ds

@@ -28,7 +28,6 @@ from pathlib import Path
 from soul.data.tofu_mini import MadeUpWords
 
 VERSION = 2  # bump when the generator changes: the cache key includes it
-LETTERS = ("A", "B", "C", "D")
 # Each domain: entity noun phrase, then (relation, question template, value pool size,
 # sentences that state the fact; {e} entity, {v} value).
 DOMAINS = {

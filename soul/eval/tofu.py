@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
-from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa_batch, pad_batch
+from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa_batch
 from soul.eval import mia, tofu_stats
 
 LOG_FORMAT = "tofu-per-item/1"

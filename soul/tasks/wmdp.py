@@ -9,7 +9,6 @@ over wmdp-mini that copy the built-ins' prompt fields (``soul.eval.harness``).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,7 +19,6 @@ from soul.embedded import cache_key, ensure_tiny_wmdp_model, ensure_wmdp_mini
 from soul.eval import harness
 from soul.tasks.common import cached_evaluation, model_to_load
 
-log = logging.getLogger(__name__)
 EVAL_VERSION = 1
 SUBSETS = ("bio", "cyber")
 # Metric key -> (built-in lm-eval task, the local stand-in's name and wmdp-mini file).
