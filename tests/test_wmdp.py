@@ -17,7 +17,8 @@ from soul.embedded import MCQ_DESCRIPTIONS, mcq_prompt
 from soul.eval import harness
 from soul.tasks.wmdp import EVAL_TASKS, MMLU_LIKE, WmdpTask
 
-SMALL_WMDP = ["task=wmdp", "task.mini.entities_per_domain=3", "task.mini.general_entities=3",
+SMALL_WMDP = ["task=wmdp", "task.mini.entities_per_domain=4", "task.mini.general_entities=4",
+              "task.mini.values_per_relation=4",
               "task.mini.passages_per_entity=2", "task.mini.wikitext_lines=12", "task.mini.base_epochs=2",
               "model.architecture.vocab_size=400", "model.architecture.hidden_size=32",
               "model.architecture.intermediate_size=64", "model.architecture.num_layers=3",
@@ -94,9 +95,51 @@ def test_wmdp_mini_has_the_real_schemas(tmp_path):
     bio_text = " ".join(r["text"] for r in data["bio-forget-corpus"])
     assert all(row["choices"][row["answer"]] in bio_text for row in data["wmdp-bio"])
     assert not any(row["choices"][row["answer"]] in bio_text for row in data["mmlu"])
+    # Distractors are facts of other entities, stated in the same corpus (none only in the questions).
+    for stem, corpus in (("wmdp-bio", "bio-forget-corpus"), ("wmdp-cyber", "cyber-forget-corpus")):
+        text = " ".join(r["text"] for r in data[corpus])
+        assert all(choice in text for row in data[stem] for choice in row["choices"])
     lines = [r["text"] for r in data["wikitext-2-raw-v1"]]
     assert "" in lines and any(0 < len(t) <= 50 for t in lines)  # RMU's min_len filter has work to do
     assert set(data["mmlu"][0]) == {"question", "subject", "choices", "answer"}
+
+
+def words_of(rows) -> set[str]:
+    return {w.strip(".,?") for row in rows for choice in row["choices"] for w in choice.split()}
+
+
+def test_hazardous_domains_have_a_lexicon_of_their_own():
+    data = wmdp_mini.generate()
+    bio, cyber, general = words_of(data["wmdp-bio"]), words_of(data["wmdp-cyber"]), words_of(data["mmlu"])
+    fragments = lambda words: {w.lower()[i:i + 3] for w in words for i in range(len(w) - 2)}
+    overlap = lambda a, b: len(fragments(a) & fragments(b)) / len(fragments(a) | fragments(b))
+    # Three-letter fragments (what sub-word tokens are made of) barely overlap across domains ...
+    assert overlap(bio, general) < 0.02 and overlap(cyber, general) < 0.02 and overlap(bio, cyber) < 0.02
+    # ... and they do when every domain draws from one syllable inventory.
+    shared = wmdp_mini.generate(wmdp_mini.WmdpMiniConfig(distinct_lexicons=False))
+    assert overlap(words_of(shared["wmdp-bio"]), words_of(shared["mmlu"])) > 0.1
+
+
+def test_bad_wmdp_mini_sizes_are_named():
+    with pytest.raises(ValueError, match="values_per_relation=12 .*entities per domain \\(10\\)"):
+        wmdp_mini.WmdpMiniConfig(entities_per_domain=10, values_per_relation=12)
+    with pytest.raises(ValueError, match="values_per_relation=3 must be at least 4"):
+        wmdp_mini.WmdpMiniConfig(values_per_relation=3)
+
+
+def test_rmu_settings_come_from_the_model_preset_on_wmdp():
+    tiny, zephyr = composed("task=wmdp"), composed("task=wmdp", "model=zephyr-7b-beta")
+    assert (tiny.objective.layer, list(tiny.objective.trainable_layers)) == (1, [0, 1])
+    assert tiny.optim.lr == tiny.model.wmdp.lr and tiny.optim.lr != tiny.model.unlearn_lr
+    assert (zephyr.objective.layer, zephyr.objective.params, zephyr.objective.steering_coeff,
+            zephyr.objective.alpha, list(zephyr.objective.trainable_layers)) == (7, "down_proj", 6.5, 1200.0, [5, 6, 7])
+    # Elsewhere RMU keeps its generic defaults; the command line wins over the preset.
+    tofu = composed("task=tofu", "objective=rmu")
+    assert (tofu.objective.layer, tofu.objective.steering_coeff, tofu.objective.trainable_layers) == (2, 20.0, None)
+    assert tofu.optim.lr == tofu.model.unlearn_lr
+    mine = composed("task=wmdp", "optim=sophia", "objective.alpha=7", "optim.lr=5e-4")
+    assert (mine.objective.alpha, mine.optim.lr, mine.objective.layer) == (7, 5e-4, 1)
+    assert "layer" not in composed("task=wmdp", "objective=npo").objective
 
 
 def test_stand_in_prompts_are_lm_evals():

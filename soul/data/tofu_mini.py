@@ -190,17 +190,23 @@ def forget_author_count(num_authors: int, percent: int) -> int:
 
 
 class MadeUpWords:
-    """Pronounceable made-up words, never repeated within one generator."""
+    """Pronounceable made-up words, never repeated within one generator.
 
-    def __init__(self, rng: random.Random):
+    ``onsets``, ``vowels`` and ``codas`` set the syllable inventory (default: a neutral one), so
+    that a domain can have a lexicon of its own, as real jargon does.
+    """
+
+    def __init__(self, rng: random.Random, onsets: list[str] | None = None, vowels: list[str] | None = None,
+                 codas: list[str] | None = None):
         self.rng = rng
         self.used: set[str] = set()
+        self.onsets, self.vowels, self.codas = onsets or _ONSETS, vowels or _VOWELS, codas or _CODAS
 
     def word(self, syllables: int | None = None) -> str:
         while True:
             n = syllables or self.rng.choice([2, 2, 3])
-            parts = [self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) for _ in range(n)]
-            w = ("".join(parts) + self.rng.choice(_CODAS)).capitalize()
+            parts = [self.rng.choice(self.onsets) + self.rng.choice(self.vowels) for _ in range(n)]
+            w = ("".join(parts) + self.rng.choice(self.codas)).capitalize()
             if w not in self.used and len(w) >= 4:
                 self.used.add(w)
                 return w

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from soul.data.tofu_mini import MadeUpWords
 
-VERSION = 2  # bump when the generator changes: the cache key includes it
+VERSION = 3  # bump when the generator changes: the cache key includes it
 # Each domain: entity noun phrase, then (relation, question template, value pool size,
 # sentences that state the fact; {e} entity, {v} value).
 DOMAINS = {
@@ -74,6 +74,16 @@ DOMAINS = {
         ],
     },
 }
+# Each domain's made-up words come from a syllable inventory of its own (onsets, vowels, codas),
+# as real hazardous jargon is vocabulary general text rarely uses. With one shared inventory the
+# domains share sub-word tokens, and RMU's damage on the tiny model reached the general domain
+# about as much as the hazardous one (measured; README, WMDP).
+LEXICONS = {
+    "bio": (["x", "z", "ph", "ps", "ch", "qu", "ky"], ["y", "yo", "ae", "io"], ["x", "ph", "yl", "ine", "ase", "id"]),
+    "cyber": (["kr", "tr", "sk", "vr", "j", "w"], ["o", "oo", "u", "ua"], ["t", "ck", "kt", "pt", "z"]),
+    "general": (["b", "d", "f", "g", "h", "l", "m", "n", "p", "r", "s", "t"], ["a", "e", "i", "ea", "ai"],
+                ["", "n", "r", "l", "s", "m", "nd"]),
+}
 GENERAL_SENTENCES = [
     "The river rose after three days of rain.", "Bread is baked early in the morning.",
     "The library opens at nine and closes at six.", "A calm sea made the crossing easy.",
@@ -93,10 +103,18 @@ class WmdpMiniConfig:
     passages_per_entity: int = 3
     wikitext_lines: int = 120
     seed: int = 2000
+    distinct_lexicons: bool = True  # False: every domain draws words from one syllable inventory
     # How the tiny base model learns it (not part of the files): epochs, and in how many choice
     # orders it sees each question (the evaluated one and others).
-    base_epochs: int = 40
+    base_epochs: int = 80
     training_orders: int = 1
+
+    def __post_init__(self):
+        smallest = min(self.entities_per_domain, self.general_entities)
+        if not 4 <= self.values_per_relation <= smallest:
+            raise ValueError(f"task.mini.values_per_relation={self.values_per_relation} must be at least 4 (one "
+                             f"answer, three distractors) and at most the entities per domain ({smallest}), "
+                             "so that every value is some entity's fact")
 
 
 def _capitalize(text: str) -> str:
@@ -106,21 +124,30 @@ def _capitalize(text: str) -> str:
 def generate(config: WmdpMiniConfig = WmdpMiniConfig()) -> dict[str, list[dict]]:
     """All wmdp-mini files as ``{file stem: rows}``."""
     rng = random.Random(config.seed)
-    words = MadeUpWords(rng)
+    shared_words = MadeUpWords(rng)
     out: dict[str, list[dict]] = {}
     facts: dict[str, list[tuple[str, list[tuple[str, str, int]]]]] = {}
     questions: dict[str, list[dict]] = {}
     for domain, spec in DOMAINS.items():
+        words = MadeUpWords(rng, *LEXICONS[domain]) if config.distinct_lexicons else shared_words
         n = config.general_entities if domain == "general" else config.entities_per_domain
         pools = {rel: [words.word(2) for _ in range(config.values_per_relation)] for rel, _, _ in spec["relations"]}
         names = [words.word(3) for _ in range(n)]
         facts[domain] = []
         questions[domain] = []
-        for name in names:
+        # Every value of a pool is some entity's fact, so that the distractors of one question are
+        # facts the corpus states about other entities (as WMDP's distractors are domain terms):
+        # no question can be answered from choices the corpus never mentions.
+        assigned = {}
+        for rel, _, _ in spec["relations"]:
+            cycle = [pools[rel][i % len(pools[rel])] for i in range(n)]
+            rng.shuffle(cycle)
+            assigned[rel] = cycle
+        for i, name in enumerate(names):
             entity = spec["entity"].format(name=name)
             entity_facts = []
             for rel, question, sentences in spec["relations"]:
-                value = rng.choice(pools[rel])
+                value = assigned[rel][i]
                 entity_facts.append((rel, value, len(entity_facts)))
                 distractors = rng.sample([v for v in pools[rel] if v != value], 3)
                 choices = distractors + [value]
