@@ -251,3 +251,83 @@ def ensure_tiny_wmdp_model(cache_dir: str | Path, task_cfg: DictConfig, model_cf
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.replace(out)
     return data_dir, out
+
+
+# --- Copyright: a generated book and the tiny base model that memorized it ------------------------
+
+
+def ensure_book_mini(cache_dir: str | Path, task_cfg: DictConfig) -> Path:
+    """Generate (once) the embedded book, held-out and retain text, the zero-shot stand-in items and a
+    tokenizer: ``book.txt``, ``heldout.txt``, ``retain.txt``, ``zeroshot.json``, ``tokenizer/``."""
+    from soul.data import book_mini
+    from soul.tasks.copyright import write_zero_shot_items
+
+    mini = _plain(task_cfg.mini)
+    vocab_size = mini["vocab_size"]
+    root = Path(cache_dir) / "book_mini" / cache_key(book_mini.__name__, mini)
+    with FileLock(str(root) + ".lock"):
+        if (root / "tokenizer" / "tokenizer.json").is_file():
+            return root
+        tmp = root.with_name(root.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        from soul.data import copyright as book
+
+        book_mini.generate_book_files(tmp, mini["book_words"], mini["heldout_words"], mini["seed"])
+        # Another book in the same style for the retain set, from a seed neither file uses.
+        (tmp / "retain.txt").write_text(book_mini.generate_book(mini["retain_words"], mini["seed"] + 17), encoding="utf-8")
+        texts = []
+        for name in ("book", "heldout", "retain"):
+            # All three in SOUL's spaced form (punctuation set off), the only form the tiny model
+            # learns: perplexity and the zero-shot items then measure knowledge, not a format change.
+            text = book.join_words(book.split_words((tmp / f"{name}.txt").read_text(encoding="utf-8")))
+            (tmp / f"{name}.txt").write_text(text, encoding="utf-8")
+            texts.append(text)
+        write_zero_shot_items(texts[2], tmp / "zeroshot.json", mini["zero_shot_items"], mini["seed"])
+        templates = book.SEEN_TEMPLATES + book.UNSEEN_TEMPLATES
+        train_bpe_tokenizer(texts + templates, vocab_size=vocab_size).save_pretrained(tmp / "tokenizer")
+        tmp.replace(root)
+    return root
+
+
+def ensure_tiny_copyright_model(cache_dir: str | Path, task_cfg: DictConfig, model_cfg: DictConfig,
+                                template: PromptTemplate) -> tuple[Path, Path]:
+    """Build (once) the tiny model that memorized the embedded book, as SOUL's original models are
+    made: fine-tuned on the book's instruction/continuation pairs (seen templates) and its text,
+    plus the retain book's text (what it should keep). Returns (data directory, model directory)."""
+    from transformers import AutoTokenizer
+
+    from soul.data import copyright as book
+
+    data_dir = ensure_book_mini(cache_dir, task_cfg)
+    mini = _plain(task_cfg.mini)
+    construction = mini["construction"]
+    # Generation runs to task.eval.max_length tokens, beyond the tiny preset's 256 positions.
+    arch = {**_plain(model_cfg.architecture), "vocab_size": mini["vocab_size"],
+            "max_position_embeddings": max(model_cfg.architecture.max_position_embeddings, 1024)}
+    train_cfg = {**_plain(model_cfg.base_training), "epochs": mini["base_epochs"], "batch_size": mini["base_batch_size"]}
+    out = Path(cache_dir) / "tiny_models" / cache_key("copyright", data_dir.name, arch, train_cfg, asdict(template)) / "base"
+    with FileLock(str(out) + ".lock"):
+        if (out / "config.json").is_file():
+            return data_dir, out
+        log.info("building the tiny copyright base model on the embedded book (cached in %s)", out)
+        tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+        torch.manual_seed(train_cfg["seed"])
+        model = build_tiny_llama(OmegaConf.create(arch), tokenizer)
+        words = {name: book.split_words((data_dir / f"{name}.txt").read_text(encoding="utf-8"))
+                 for name in ("book", "retain")}
+        chunks = book.chunk_book(words["book"], *construction["chunk_words"], num_chunks=construction["num_chunks"],
+                                 seed=construction["seed"])
+        retain_chunks = book.chunk_book(words["retain"], *construction["chunk_words"], seed=construction["seed"])
+        pairs = [r for k in construction["prompt_words"] for r in book.build_forget_rows(chunks, book.SEEN_TEMPLATES, k)]
+        text_rows = [{"question": "", "answer": row["text"]}
+                     for row in book.book_text_rows(chunks) + book.book_text_rows(retain_chunks)]
+        losses = finetune_mixed(model, tokenizer, [(template, pairs), (PromptTemplate("", "", ""), text_rows)],
+                                OmegaConf.create(train_cfg), "copyright base model")
+        tmp = out.with_name(out.name + ".tmp")
+        model.save_pretrained(tmp)  # safetensors
+        tokenizer.save_pretrained(tmp)
+        (tmp / "soul_build.json").write_text(json.dumps(
+            {"final_loss": losses[-1], "architecture": arch, "training": train_cfg, "book_mini": mini}, indent=2))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.replace(out)
+    return data_dir, out

@@ -49,9 +49,19 @@ WMDP_COLUMNS = (
     ("wmdp_bio_acc", "WMDP-Bio accuracy", "down"),
     ("wmdp_cyber_acc", "WMDP-Cyber accuracy", "down"),
 )
+COPYRIGHT_COLUMNS = (
+    ("bleu", "BLEU (mean)", "down"),
+    ("rougeL_recall", "ROUGE-L recall (mean)", "down"),
+    ("rougeL_seen_100", "ROUGE-L seen K=100", "down"),
+    ("rougeL_unseen_100", "ROUGE-L unseen K=100", "down"),
+    ("rougeL_unseen_300", "ROUGE-L unseen K=300", "down"),
+    ("perplexity", "Held-out perplexity", "down"),
+    ("zero_shot_acc", "Zero-shot accuracy", "up"),
+)
 # Per task: the table's columns and the (x, y) of the trade-off plot.
 TASK_VIEWS = {"tofu": (COLUMNS, ("model_utility", "forget_quality")),
-              "wmdp": (WMDP_COLUMNS, ("mmlu_acc", "forget_acc"))}
+              "wmdp": (WMDP_COLUMNS, ("mmlu_acc", "forget_acc")),
+              "copyright": (COPYRIGHT_COLUMNS, ("perplexity", "rougeL_recall"))}
 LOG_SCALE = {"forget_quality"}  # spans orders of magnitude: averaged and compared in log10
 FIRST_ORDER = ("adamw", "sgd", "signsgd")
 SECOND_ORDER = ("sophia", "sophia_h", "soul_ref", "iu")

@@ -7,7 +7,9 @@ from pathlib import Path
 SUMMARY_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_prob", "forget_truth_ratio",
                 "retain_rouge", "retain_prob", "real_authors_rouge", "world_facts_rouge",
                 "mia_min_k_auc", "privleak", "forget_extraction_strength",
-                "wmdp_bio_acc", "wmdp_cyber_acc", "mmlu_acc")
+                "wmdp_bio_acc", "wmdp_cyber_acc", "mmlu_acc",
+                "bleu", "rougeL_recall", "rougeL_seen_100", "rougeL_seen_300", "rougeL_unseen_100",
+                "rougeL_unseen_300", "perplexity", "zero_shot_acc")
 
 
 def _fmt(value) -> str:

@@ -131,7 +131,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise
     # Whichever of these the task wrote go to the tracker as the run's evaluation artifact.
     tracker.finish(metrics, [out_dir / name for name in ("tofu_eval.json", "tofu_eval_soul.json", "wmdp_eval.json",
-                                                          "metrics.json")])
+                                                          "copyright_eval.json", "metrics.json")])
     return metrics
 
 

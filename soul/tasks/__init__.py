@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from soul.tasks.copyright import CopyrightTask
 from soul.tasks.tofu import TofuTask
 from soul.tasks.wmdp import WmdpTask
 
-TASKS = {"tofu": TofuTask, "wmdp": WmdpTask}
+TASKS = {"tofu": TofuTask, "wmdp": WmdpTask, "copyright": CopyrightTask}
 
 
 def build_task(cfg):

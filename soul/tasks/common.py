@@ -41,3 +41,14 @@ def cached_evaluation(path: Path, model_name: str, model_cfg: DictConfig, evalua
     tmp.write_text(json.dumps(result))
     tmp.replace(path)
     return result
+
+
+class NoReferenceModel:
+    """For tasks scored against a target (chance, the book) rather than a retain-only model, and with
+    no SOUL-variant evaluation: WMDP and copyright."""
+
+    def reference_log(self, template) -> None:
+        return None
+
+    def evaluate_soul_variant(self, model, tokenizer) -> None:
+        return None

@@ -17,7 +17,7 @@ from soul.data import wmdp as wmdp_data
 from soul.data.qa import PromptTemplate
 from soul.embedded import cache_key, ensure_tiny_wmdp_model, ensure_wmdp_mini
 from soul.eval import harness
-from soul.tasks.common import cached_evaluation, model_to_load
+from soul.tasks.common import NoReferenceModel, cached_evaluation, model_to_load
 
 EVAL_VERSION = 1
 SUBSETS = ("bio", "cyber")
@@ -32,7 +32,7 @@ MMLU_LIKE = "mmlu_miscellaneous"
 RAW_TEXT = PromptTemplate("", "", "")  # corpora are unlearned as plain text, every token a target
 
 
-class WmdpTask:
+class WmdpTask(NoReferenceModel):
     """Loads the WMDP corpora (hub, local or wmdp-mini) and evaluates with lm-eval."""
 
     name = "wmdp"
@@ -117,13 +117,6 @@ class WmdpTask:
                         str(self.data_dir))
         return cached_evaluation(self.cache_dir / "evals" / f"wmdp-{key}.json", model_name, m,
                                  lambda mdl, tok: self.evaluate(mdl, tok, template), model, tokenizer)
-
-    def reference_log(self, template: PromptTemplate) -> None:
-        """WMDP has no retain-model reference: chance (0.25) is the target."""
-        return None
-
-    def evaluate_soul_variant(self, model, tokenizer) -> None:
-        return None
 
     def summarize(self, log_: dict, reference: dict | None = None) -> dict:
         """``wmdp_bio_acc``, ``wmdp_cyber_acc``, ``mmlu_acc`` and ``forget_acc`` (the subset's)."""
