@@ -260,7 +260,6 @@ def ensure_book_mini(cache_dir: str | Path, task_cfg: DictConfig) -> Path:
     """Generate (once) the embedded book, held-out and retain text, the zero-shot stand-in items and a
     tokenizer: ``book.txt``, ``heldout.txt``, ``retain.txt``, ``zeroshot.json``, ``tokenizer/``."""
     from soul.data import book_mini
-    from soul.tasks.copyright import write_zero_shot_items
 
     mini = _plain(task_cfg.mini)
     vocab_size = mini["vocab_size"]
@@ -282,7 +281,7 @@ def ensure_book_mini(cache_dir: str | Path, task_cfg: DictConfig) -> Path:
             text = book.join_words(book.split_words((tmp / f"{name}.txt").read_text(encoding="utf-8")))
             (tmp / f"{name}.txt").write_text(text, encoding="utf-8")
             texts.append(text)
-        write_zero_shot_items(texts[2], tmp / "zeroshot.json", mini["zero_shot_items"], mini["seed"])
+        book_mini.write_zero_shot_items(texts[2], tmp / "zeroshot.json", mini["zero_shot_items"], mini["seed"])
         templates = book.SEEN_TEMPLATES + book.UNSEEN_TEMPLATES
         train_bpe_tokenizer(texts + templates, vocab_size=vocab_size).save_pretrained(tmp / "tokenizer")
         tmp.replace(root)
@@ -318,7 +317,7 @@ def ensure_tiny_copyright_model(cache_dir: str | Path, task_cfg: DictConfig, mod
         chunks = book.chunk_book(words["book"], *construction["chunk_words"], num_chunks=construction["num_chunks"],
                                  seed=construction["seed"])
         retain_chunks = book.chunk_book(words["retain"], *construction["chunk_words"], seed=construction["seed"])
-        pairs = [r for k in construction["prompt_words"] for r in book.build_forget_rows(chunks, book.SEEN_TEMPLATES, k)]
+        pairs = book.instruction_pairs(chunks, construction["prompt_words"])
         text_rows = [{"question": "", "answer": row["text"]}
                      for row in book.book_text_rows(chunks) + book.book_text_rows(retain_chunks)]
         losses = finetune_mixed(model, tokenizer, [(template, pairs), (PromptTemplate("", "", ""), text_rows)],

@@ -9,11 +9,11 @@ from hydra import compose, initialize_config_dir
 
 from conftest import REPO, run_soul
 from soul.data import copyright as book
-from soul.data.book_mini import generate_book
+from soul.data.book_mini import generate_book, write_zero_shot_items
 from soul.data.qa import PromptTemplate
 from soul.eval import harness
 from soul.tasks import copyright as copyright_task
-from soul.tasks.copyright import CopyrightTask, perplexity, write_zero_shot_items
+from soul.tasks.copyright import CopyrightTask, perplexity
 
 SOUL_ZERO_SHOT = ["boolq", "rte", "hellaswag", "winogrande", "arc_challenge", "arc_easy", "openbookqa", "piqa"]
 SMALL_COPYRIGHT = ["task=copyright", "task.mini.book_words=300", "task.mini.heldout_words=200",

@@ -140,6 +140,8 @@ def test_rmu_settings_come_from_the_model_preset_on_wmdp():
     mine = composed("task=wmdp", "optim=sophia", "objective.alpha=7", "optim.lr=5e-4")
     assert (mine.objective.alpha, mine.optim.lr, mine.objective.layer) == (7, 5e-4, 1)
     assert "layer" not in composed("task=wmdp", "objective=npo").objective
+    # The task's lr reaches the optimizers that have one and only those (one-shot IU has none).
+    assert "lr" not in composed("task=wmdp", "optim=iu").optim
 
 
 def test_stand_in_prompts_are_lm_evals():

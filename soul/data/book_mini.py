@@ -11,6 +11,7 @@ perplexity, or retain text).
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from pathlib import Path
@@ -236,3 +237,25 @@ def generate_book_files(root: Path, book_words: int, heldout_words: int, seed: i
     # A seed far from the book's, so that nearby user seeds do not reproduce the held-out text.
     heldout.write_text(generate_book(heldout_words, seed + 1_000_003), encoding="utf-8")
     return book, heldout
+
+
+def write_zero_shot_items(text: str, path: Path, num_items: int, seed: int) -> None:
+    """ARC-format cloze items from ``text``: a sentence's first half as the question, its second half
+    among three other sentences' second halves as the choices (``arc_easy``'s schema)."""
+    rng = random.Random(seed)
+    sentences = [s.split() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if len(s.split()) >= 8]
+    if len(sentences) < 4:
+        raise ValueError("zero-shot stand-in: the text has fewer than 4 sentences of 8 words or more")
+    picked = rng.sample(range(len(sentences)), min(num_items, len(sentences)))
+    with Path(path).open("w") as f:
+        for n, i in enumerate(picked):
+            half = len(sentences[i]) // 2
+            endings = [" ".join(sentences[i][half:])]
+            for j in rng.sample([j for j in range(len(sentences)) if j != i], 3):
+                endings.append(" ".join(sentences[j][len(sentences[j]) // 2:]))
+            order = list(range(4))
+            rng.shuffle(order)
+            row = {"id": f"mini-{n}", "question": " ".join(sentences[i][:half]),
+                   "choices": {"text": [endings[o] for o in order], "label": list("ABCD")},
+                   "answerKey": "ABCD"[order.index(0)]}
+            f.write(json.dumps(row) + "\n")

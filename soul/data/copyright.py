@@ -126,6 +126,12 @@ def build_forget_rows(chunks: Sequence[Sequence[str]], templates: Sequence[str],
     ]
 
 
+def instruction_pairs(chunks: Sequence[Sequence[str]], prompt_words: Sequence[int]) -> list[dict[str, str]]:
+    """``build_forget_rows`` with the seen templates for every prompt length K: the forget set
+    (and the retain set, on retain text) of the copyright task, and the base model's training pairs."""
+    return [row for k in prompt_words for row in build_forget_rows(chunks, SEEN_TEMPLATES, k)]
+
+
 def book_text_rows(chunks: Sequence[Sequence[str]]) -> list[dict[str, str]]:
     """The raw book chunks as {"text": spaced chunk} rows (SOUL's hp.jsonl)."""
     return [{"text": join_words(chunk)} for chunk in chunks]

@@ -13,7 +13,6 @@ kept: it is part of the continuation and can be the book's next word.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from soul.data import copyright as book
 from soul.data.qa import PromptTemplate
-from soul.embedded import cache_key, ensure_tiny_copyright_model
+from soul.embedded import cache_key, ensure_book_mini, ensure_tiny_copyright_model
 from soul.eval import harness
 from soul.eval.tofu import generate_answers
 from soul.tasks.common import NoReferenceModel, cached_evaluation, model_to_load
@@ -80,8 +79,6 @@ class CopyrightTask(NoReferenceModel):
             self.data_dir, self.embedded_model = ensure_tiny_copyright_model(self.cache_dir, t, m, template)
             texts = {name: book.load_book(self.data_dir / f"{name}.txt") for name in ("book", "heldout", "retain")}
         elif t.source == "embedded":
-            from soul.embedded import ensure_book_mini
-
             self.data_dir = ensure_book_mini(self.cache_dir, t)
             texts = {name: book.load_book(self.data_dir / f"{name}.txt") for name in ("book", "heldout", "retain")}
         else:
@@ -97,8 +94,8 @@ class CopyrightTask(NoReferenceModel):
         self.chunks = book.chunk_book(book.split_words(texts["book"]), *c.chunk_words, num_chunks=c.num_chunks,
                                       seed=c.seed)
         retain_chunks = book.chunk_book(book.split_words(texts["retain"]), *c.chunk_words, seed=c.seed)
-        self._forget = [r for k in c.prompt_words for r in book.build_forget_rows(self.chunks, book.SEEN_TEMPLATES, k)]
-        self._retain = [r for k in c.prompt_words for r in book.build_forget_rows(retain_chunks, book.SEEN_TEMPLATES, k)]
+        self._forget = book.instruction_pairs(self.chunks, c.prompt_words)
+        self._retain = book.instruction_pairs(retain_chunks, c.prompt_words)
         self.heldout_text = texts["heldout"]
 
     @staticmethod
@@ -216,27 +213,3 @@ def perplexity(model, tokenizer, text: str, window: int = 512) -> float:
         raise ValueError("perplexity: the held-out text has no tokens")
     return math.exp(total / count)
 
-
-def write_zero_shot_items(text: str, path: Path, num_items: int, seed: int) -> None:
-    """ARC-format cloze items from ``text``: a sentence's first half as the question, its second half
-    among three other sentences' second halves as the choices (``arc_easy``'s schema)."""
-    import random
-    import re
-
-    rng = random.Random(seed)
-    sentences = [s.split() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if len(s.split()) >= 8]
-    if len(sentences) < 4:
-        raise ValueError("zero-shot stand-in: the text has fewer than 4 sentences of 8 words or more")
-    picked = rng.sample(range(len(sentences)), min(num_items, len(sentences)))
-    with Path(path).open("w") as f:
-        for n, i in enumerate(picked):
-            half = len(sentences[i]) // 2
-            endings = [" ".join(sentences[i][half:])]
-            for j in rng.sample([j for j in range(len(sentences)) if j != i], 3):
-                endings.append(" ".join(sentences[j][len(sentences[j]) // 2:]))
-            order = list(range(4))
-            rng.shuffle(order)
-            row = {"id": f"mini-{n}", "question": " ".join(sentences[i][:half]),
-                   "choices": {"text": [endings[o] for o in order], "label": list("ABCD")},
-                   "answerKey": "ABCD"[order.index(0)]}
-            f.write(json.dumps(row) + "\n")
