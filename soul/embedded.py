@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from soul.data import tofu_mini
-from soul.data.qa import PromptTemplate, encode_qa_batch, pad_batch
+from soul.data.qa import PromptTemplate
+from soul.finetune import finetune, finetune_mixed
 from soul.models import build_tiny_llama
 from soul.tokenizer import train_bpe_tokenizer
 
@@ -70,48 +70,6 @@ def _general_knowledge(data_dir: Path) -> list[dict]:
 def _read_rows(data_dir: Path, name: str) -> list[dict]:
     with (data_dir / f"{name}.json").open() as f:
         return [json.loads(line) for line in f]
-
-
-def finetune(model, tokenizer, template: PromptTemplate, rows: list[dict], train_cfg: DictConfig,
-             desc: str) -> list[float]:
-    """Plain supervised fine-tuning on QA rows (AdamW, warmup + linear decay, clipping)."""
-    return finetune_mixed(model, tokenizer, [(template, rows)], train_cfg, desc)
-
-
-def finetune_mixed(model, tokenizer, groups: list[tuple[PromptTemplate, list[dict]]], train_cfg: DictConfig,
-                   desc: str) -> list[float]:
-    """``finetune`` on several sets of QA rows, each encoded with its own template, shuffled together."""
-    torch.manual_seed(train_cfg.seed)
-    rng = random.Random(train_cfg.seed)
-    examples = [e for template, rows in groups
-                for e in encode_qa_batch(tokenizer, template, [(r["question"], r["answer"]) for r in rows])]
-    bs = train_cfg.batch_size
-    steps_per_epoch = (len(examples) + bs - 1) // bs
-    total = train_cfg.epochs * steps_per_epoch
-    warmup = max(1, int(train_cfg.warmup_ratio * total))
-    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
-    model.train()
-    losses = []
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
-    for _ in range(train_cfg.epochs):
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for i in range(0, len(order), bs):
-            batch = pad_batch([examples[j] for j in order[i:i + bs]], tokenizer.pad_token_id)
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    model.eval()
-    return losses
 
 
 def ensure_tiny_tofu_models(cache_dir: str | Path, task_cfg: DictConfig, model_cfg: DictConfig,

@@ -63,3 +63,23 @@ def load_pretrained(name_or_path: str | Path, dtype: str = "float32", attn_imple
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def apply_lora(model, r: int = 8, alpha: float = 32, dropout: float = 0.05, target_modules="all-linear"):
+    """Wrap ``model`` with peft LoRA adapters; only the adapters train. ``all-linear`` is every
+    linear layer but the output head (SOUL's Llama setting: r 8, alpha 32, dropout 0.05)."""
+    from peft import LoraConfig, get_peft_model
+
+    if r < 1:
+        raise ValueError(f"LoRA rank must be a positive integer, got r={r!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    config = LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def merge_lora(model):
+    """Fold LoRA adapters into the base weights and return the plain transformers model."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model

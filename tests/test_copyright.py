@@ -58,7 +58,8 @@ def test_hub_path_reads_the_users_book_and_wikitext(tmp_path, monkeypatch):
 
     monkeypatch.setattr(copyright_task, "load_dataset", recorded_load_dataset)
     (tmp_path / "book.txt").write_text(generate_book(2000, seed=5), encoding="utf-8")
-    cfg = composed("task=copyright", "task.source=hub", f"task.book_path={tmp_path}/book.txt", "model=zephyr-7b-beta")
+    cfg = composed("task=copyright", "task.source=hub", f"task.book_path={tmp_path}/book.txt", "model=zephyr-7b-beta",
+                   "task.memorize.enabled=false")  # the memorizing fine-tune's wiring: tests/test_memorize.py
     task = CopyrightTask(cfg)
     task.prepare(PromptTemplate())
     assert calls == [(("wikitext", "wikitext-2-raw-v1"), {"split": "test"}),   # held-out: perplexity

@@ -24,6 +24,7 @@ from soul.data.qa import PromptTemplate
 from soul.embedded import cache_key, ensure_book_mini, ensure_tiny_copyright_model
 from soul.eval import harness
 from soul.eval.tofu import generate_answers
+from soul.memorize import ensure_memorized_model
 from soul.tasks.common import NoReferenceModel, cached_evaluation, model_to_load
 
 EVAL_VERSION = 1
@@ -63,6 +64,7 @@ class CopyrightTask(NoReferenceModel):
             raise ValueError(f"task.book_path is required for task.source={t.source}: the plain-text book to "
                              "unlearn (soul ships no copyrighted text)")
         self.embedded_model: Path | None = None
+        self.memorized_model: Path | None = None
 
     @property
     def construction(self) -> DictConfig:
@@ -94,6 +96,11 @@ class CopyrightTask(NoReferenceModel):
         self.chunks = book.chunk_book(book.split_words(texts["book"]), *c.chunk_words, num_chunks=c.num_chunks,
                                       seed=c.seed)
         retain_chunks = book.chunk_book(book.split_words(texts["retain"]), *c.chunk_words, seed=c.seed)
+        if m.source != "embedded" and t.memorize.enabled:
+            # SOUL's original models first memorize the book; a model that already has sets memorize.enabled=false.
+            self.memorized_model = ensure_memorized_model(
+                self.cache_dir, model_to_load(m, None), m, t.memorize, self.chunks, c.prompt_words, template,
+                self.cfg.mixed_precision, self.cfg.device)
         self._forget = book.instruction_pairs(self.chunks, c.prompt_words)
         self._retain = book.instruction_pairs(retain_chunks, c.prompt_words)
         self.heldout_text = texts["heldout"]
@@ -105,6 +112,8 @@ class CopyrightTask(NoReferenceModel):
         return "\n".join(r[h.field] for r in rows if r[h.field].strip())
 
     def model_name(self) -> str:
+        if self.memorized_model is not None:
+            return str(self.memorized_model)
         return model_to_load(self.cfg.model, self.embedded_model)
 
     @staticmethod
