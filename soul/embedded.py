@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,6 +36,14 @@ def cache_key(*parts) -> str:
     """A short stable hash of JSON-serialisable parts."""
     blob = json.dumps([CACHE_FORMAT, *parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Move a finished build into place; an incomplete one left by a crash (its marker file missing,
+    or the builder would not be here) is replaced."""
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
 
 
 def _plain(cfg) -> dict:
@@ -107,7 +116,7 @@ def ensure_tiny_tofu_models(cache_dir: str | Path, task_cfg: DictConfig, model_c
             (tmp / "soul_build.json").write_text(json.dumps(
                 {"split": split, "final_loss": losses[-1], "architecture": arch, "training": train_cfg,
                  "tofu_mini": asdict(config)}, indent=2))
-            tmp.replace(out)
+            publish(tmp, out)
     return paths
 
 
@@ -207,7 +216,7 @@ def ensure_tiny_wmdp_model(cache_dir: str | Path, task_cfg: DictConfig, model_cf
             {"final_loss": losses[-1], "architecture": arch, "training": train_cfg, "wmdp_mini": asdict(config)},
             indent=2))
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.replace(out)
+        publish(tmp, out)
     return data_dir, out
 
 
@@ -242,7 +251,7 @@ def ensure_book_mini(cache_dir: str | Path, task_cfg: DictConfig) -> Path:
         book_mini.write_zero_shot_items(texts[2], tmp / "zeroshot.json", mini["zero_shot_items"], mini["seed"])
         templates = book.SEEN_TEMPLATES + book.UNSEEN_TEMPLATES
         train_bpe_tokenizer(texts + templates, vocab_size=vocab_size).save_pretrained(tmp / "tokenizer")
-        tmp.replace(root)
+        publish(tmp, root)
     return root
 
 
@@ -286,5 +295,5 @@ def ensure_tiny_copyright_model(cache_dir: str | Path, task_cfg: DictConfig, mod
         (tmp / "soul_build.json").write_text(json.dumps(
             {"final_loss": losses[-1], "architecture": arch, "training": train_cfg, "book_mini": mini}, indent=2))
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.replace(out)
+        publish(tmp, out)
     return data_dir, out

@@ -3,6 +3,7 @@ failed (``status.json``), and a rerun of a finished job is skipped instead of re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import traceback
@@ -12,8 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 STATUS_FILE = "status.json"
 # Settings that do not change a job's result: where files go, which tracker mirrors them,
-# and whether to overwrite.
-NOT_PART_OF_RESULT = ("overwrite", "logger", "paths", "sweep_name")
+# whether to overwrite, and checkpointing (a resumed run ends where an uninterrupted one does).
+NOT_PART_OF_RESULT = ("overwrite", "logger", "paths", "sweep_name", "resume", "checkpoint")
 
 
 def write_status(out_dir: Path, status: str, error: BaseException | None = None) -> None:
@@ -37,6 +38,12 @@ def read_status(run_dir: Path) -> dict | None:
 def result_config(config: dict) -> dict:
     """The part of a resolved config that determines a run's result."""
     return {k: v for k, v in config.items() if k not in NOT_PART_OF_RESULT}
+
+
+def result_fingerprint(cfg: DictConfig) -> str:
+    """A hash of the settings that determine a run's result (checkpoints carry it)."""
+    config = result_config(OmegaConf.to_container(cfg, resolve=True))
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _differences(old, new, prefix: str = "") -> list[str]:

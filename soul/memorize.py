@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from soul.data import copyright as book
 from soul.data.qa import PromptTemplate
-from soul.embedded import cache_key
+from soul.embedded import cache_key, publish
 from soul.finetune import finetune_mixed
 from soul.models import DTYPES, apply_lora, load_pretrained, merge_lora
 
@@ -84,5 +84,5 @@ def ensure_memorized_model(cache_dir: str | Path, source: str, model_cfg: DictCo
             {"source": source, "book_sha256": book_hash, "chunks": len(chunks), "training": settings,
              "lora": lora, "mixed_precision": precision, "steps": len(losses),
              "first_loss": losses[0], "final_loss": losses[-1]}, indent=2))
-        tmp.replace(out)
+        publish(tmp, out)
     return out

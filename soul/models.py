@@ -20,6 +20,15 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def resolve_mixed_precision(setting: str, device_setting: str = "auto") -> str:
+    """accelerate's mixed-precision mode for ``mixed_precision=auto|no|bf16|fp16``: auto is bf16 on a
+    GPU that supports it (the weights stay fp32: master weights) and no otherwise."""
+    if setting != "auto":
+        return setting
+    on_gpu = device_setting != "cpu" and torch.cuda.is_available()
+    return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
+
+
 def template_from_config(model_cfg: DictConfig) -> PromptTemplate:
     t = model_cfg.template
     return PromptTemplate(question_start=t.question_start, question_end=t.question_end,

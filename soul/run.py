@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import hydra
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list, set_seed
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from soul.checkpoint import Checkpointer
+from soul.config_check import validate
 from soul.data.tofu import retain_split_for
-from soul.jobs import finished_result, write_status
+from soul.jobs import finished_result, result_fingerprint, write_status
 from soul.loggers import RunLogger, build_logger
-from soul.models import load_pretrained, template_from_config
+from soul.models import apply_lora, load_pretrained, merge_lora, resolve_mixed_precision, template_from_config
 from soul.objectives import build_objective, get_objective
 from soul.optim import build_optimizer
 from soul.report_table import summary_table
@@ -100,29 +103,12 @@ def write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Reject settings that cannot work, before anything is built or downloaded."""
-    if cfg.device not in ("auto", "cpu"):
-        raise ValueError(f"device must be auto or cpu, got {cfg.device!r}")
-    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-        raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
-    t = cfg.trainer
-    for key in ("batch_size", "grad_accum", "epochs", "max_length"):
-        if t[key] is None or t[key] < 1:
-            raise ValueError(f"trainer.{key} must be a positive integer, got {t[key]!r}")
-    if not 0 <= t.warmup_ratio < 1:
-        raise ValueError(f"trainer.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
-    if t.max_grad_norm is not None and t.max_grad_norm <= 0:
-        raise ValueError(f"trainer.max_grad_norm must be positive, got {t.max_grad_norm}")
-
-
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """One unlearning experiment; returns the metrics written to ``metrics.json``."""
     validate(cfg)
     quiet_libraries()
     out_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available() or cfg.device == "cpu",
-                              mixed_precision=cfg.mixed_precision)
+    accelerator = Accelerator(cpu=use_cpu(cfg), mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.device))
     tracker = build_logger(cfg, out_dir) if accelerator.is_main_process else RunLogger()
     try:
         metrics = _run(cfg, out_dir, accelerator, tracker)
@@ -137,36 +123,52 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
 def _run(cfg: DictConfig, out_dir: Path, accelerator: Accelerator, tracker: RunLogger) -> dict:
     started = time.perf_counter()
-    set_seed(cfg.seed)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    set_seed(cfg.seed)  # the same seed on every process: identical initial weights; batches differ by rank
+    if accelerator.is_main_process:
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     template = template_from_config(cfg.model)
     task = build_task(cfg)
-    task.prepare(template)
+    # Builds and fine-tunes what is cached (data, tiny base models, a memorized book) on the main process
+    # first; the others then find it. (transformers writes model files from process 0 only.)
+    with accelerator.main_process_first():
+        task.prepare(template)
     model_name = task.model_name()
     spec = get_objective(cfg.objective.name)  # an unknown name fails here, before any loading
 
     model, tokenizer = load_pretrained(model_name, cfg.model.dtype, cfg.model.attn_implementation,
                                        cfg.model.trust_remote_code)
     model.to(accelerator.device)
-    before = task.cached_evaluate(model_name, template, model, tokenizer) if cfg.task.eval.baseline else None
+    before = None
+    if cfg.task.eval.baseline and accelerator.is_main_process:  # evaluation runs on one process
+        before = task.cached_evaluate(model_name, template, model, tokenizer)
+    accelerator.wait_for_everyone()
     reference = task.reference_log(template)
 
     ref = None
     if spec.needs_reference:  # the frozen initial model, only for objectives that compare against it
         ref, _ = load_pretrained(model_name, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
         ref.to(accelerator.device).eval().requires_grad_(False)
+    if cfg.model.lora:  # (with objective=rmu refused by the config check)
+        model = apply_lora(model, **OmegaConf.to_container(cfg.model.lora_settings, resolve=True))
     hyperparameters = {k: v for k, v in OmegaConf.to_container(cfg.objective, resolve=True).items() if k != "name"}
     objective = build_objective(cfg.objective.name, hyperparameters, model, ref, cfg.seed)
     optimizer, curvature = build_optimizer(cfg.optim, model, cfg.seed)  # after RMU may have frozen parameters
+    log.info("effective batch: %d forget examples per step (%d per device x %d accumulation x %d processes)",
+             cfg.trainer.batch_size * cfg.trainer.grad_accum * accelerator.num_processes, cfg.trainer.batch_size,
+             cfg.trainer.grad_accum, accelerator.num_processes)
+    checkpointer = Checkpointer(accelerator, out_dir, cfg.checkpoint.every, result_fingerprint(cfg))
     # The task may unlearn with its own template (WMDP's corpora are plain text, not QA).
     train = unlearn(model, tokenizer, task.unlearning_template(template), task.forget_rows, task.retain_rows, objective,
                     optimizer, cfg.trainer, accelerator, cfg.seed, out_dir / "train_log.jsonl", curvature,
-                    on_step=tracker.log_step)
+                    on_step=tracker.log_step, checkpointer=checkpointer, resume=cfg.resume)
+    ranks = train.pop("ranks", None)
 
     if not accelerator.is_main_process:
         return {}
-    model = accelerator.unwrap_model(model)
+    if ranks is not None:
+        write_json(out_dir / "ranks.json", ranks)
+    model = merge_lora(accelerator.unwrap_model(model))  # with model.lora: adapters folded in, a plain model again
     eval_file = task.eval_file
     partial = out_dir / eval_file.replace(".json", ".partial.json")
     eval_log = task.evaluate(model, tokenizer, template, partial_path=partial)
@@ -178,7 +180,7 @@ def _run(cfg: DictConfig, out_dir: Path, accelerator: Accelerator, tracker: RunL
         write_json(out_dir / "tofu_eval_soul.json", soul_eval)
     metrics = {**task.summarize(eval_log, reference), **(soul_eval["summary"] if soul_eval else {}), **train,
                "task": cfg.task.name, "objective": cfg.objective.name, "optim": cfg.optim.name,
-               "seed": cfg.seed, "model": cfg.model.name,
+               "seed": cfg.seed, "model": cfg.model.name, "mixed_precision": accelerator.mixed_precision,
                "metric_variant": task.metric_variant + ("+soul" if soul_eval else ""),
                "total_seconds": time.perf_counter() - started}
     write_json(out_dir / "metrics.json", metrics)
@@ -186,32 +188,61 @@ def _run(cfg: DictConfig, out_dir: Path, accelerator: Accelerator, tracker: RunL
                "retain model": task.summarize(reference, reference) if reference else None}
     write_json(out_dir / "baseline_metrics.json", {k: v for k, v in columns.items() if k != "after"})
     if cfg.save_model:
-        model.save_pretrained(out_dir / "model")
+        model.save_pretrained(out_dir / "model")  # safetensors
         tokenizer.save_pretrained(out_dir / "model")
+    if not cfg.checkpoint.keep:
+        checkpointer.remove()  # the results are written; a finished run needs no resume point
     print(summary_table(f"{task.describe()} | objective={cfg.objective.name} optim={cfg.optim.name} "
                         f"seed={cfg.seed} | {train['steps']} steps in {train['train_seconds']:.1f}s",
                         columns, out_dir))
     return metrics
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    """One job: skipped when its directory already holds its finished result (unless
-    ``overwrite=true``); otherwise run, with ``status.json`` saying running, completed or failed
-    (with the error), so a failed job of a grid is on record while the others go on."""
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+def use_cpu(cfg: DictConfig) -> bool:
+    return not torch.cuda.is_available() or cfg.device == "cpu"
+
+
+def shared_output_dir(state: PartialState, own: Path) -> Path:
+    """Under a multi-process launch every process writes to process 0's run directory (a timestamped
+    directory name can differ by a second between processes); the one Hydra made for this process
+    alone, holding only Hydra's own files, is removed."""
+    if state.num_processes == 1:
+        return own
+    chosen = Path(broadcast_object_list([str(own)])[0])
+    if chosen != own and own.is_dir() and {p.name for p in own.iterdir()} <= {".hydra", "run.log"}:
+        shutil.rmtree(own, ignore_errors=True)
+    return chosen
+
+
+def run_job(cfg: DictConfig, out_dir: Path) -> dict:
+    """One job, as ``python -m soul.run`` runs it: validate the config, skip a finished result (unless
+    ``overwrite=true``), run (``resume=true``: from the newest checkpoint), and keep ``status.json``
+    saying running, completed or failed (with the error), so a failed job of a grid is on record
+    while the others go on. Returns the metrics."""
+    validate(cfg)  # before a process group, data or model is touched
+    state = PartialState(cpu=use_cpu(cfg))
+    out_dir = shared_output_dir(state, out_dir)
     previous = finished_result(cfg, out_dir)
     if previous is not None:
-        print(f"soul: skipped, finished result in {out_dir} (overwrite=true reruns it)")
-        return previous.get("forget_quality")
-    write_status(out_dir, "running")
+        if state.is_main_process:
+            print(f"soul: skipped, finished result in {out_dir} (overwrite=true reruns it)")
+        return previous
+    if state.is_main_process:
+        write_status(out_dir, "running")
     try:
         metrics = run(cfg, out_dir)
     except BaseException as error:
-        write_status(out_dir, "failed", error)
+        write_status(out_dir, "failed", error)  # any process: the one that failed knows why
         raise
-    write_status(out_dir, "completed")
-    return metrics.get("forget_quality")
+    if state.is_main_process:
+        write_status(out_dir, "completed")
+    return metrics
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """The command line: one job in Hydra's output directory (a grid's job directory under -m)."""
+    return run_job(cfg, Path(HydraConfig.get().runtime.output_dir)).get("forget_quality")
 
 
 if __name__ == "__main__":

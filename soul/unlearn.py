@@ -18,10 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType, gather_object
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from soul.checkpoint import Checkpointer
 from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa_batch, pad_batch
 from soul.data.refusals import refusal_for
 from soul.objectives import Objective, nll
@@ -84,9 +86,16 @@ def total_steps(n_forget: int, cfg: DictConfig, world_size: int = 1) -> int:
 def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict], retain_rows: list[dict],
             objective: Objective, optimizer: torch.optim.Optimizer, cfg: DictConfig,
             accelerator, seed: int, log_path: Path, curvature: CurvatureHook | None = None,
-            on_step: Callable[[dict], None] | None = None) -> dict:
+            on_step: Callable[[dict], None] | None = None, checkpointer: Checkpointer | None = None,
+            resume: bool = False) -> dict:
     """Run ``objective`` with ``optimizer`` for the configured steps; append one JSON line per step
-    (and hand each line to ``on_step`` on the main process, e.g. a tracker's ``log_step``)."""
+    (and hand each line to ``on_step`` on the main process, e.g. a tracker's ``log_step``).
+
+    With a ``checkpointer`` the loop's whole state is saved every ``checkpoint.every`` steps, and
+    ``resume`` continues from the newest checkpoint (same batches, RNG and schedule as an
+    uninterrupted run). A non-finite loss or gradient norm on any process stops every process with
+    an error that says where the last good checkpoint is. Returns the training summary, with
+    ``ranks``: what each process drew and trained (gathered to every process)."""
     make_batch = BatchMaker(tokenizer, template, forget_rows, retain_rows, cfg.max_length,
                             objective.needs_refusals, seed, accelerator.device)
     if getattr(optimizer, "one_shot", False):
@@ -95,40 +104,83 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
     steps = total_steps(n_forget, cfg, accelerator.num_processes)
     warmup = max(1, int(cfg.warmup_ratio * steps))
     # The schedule is built on the raw optimizer and not handed to accelerate, whose scheduler
-    # wrapper would step it once per process.
+    # wrapper would step it once per process; it is registered so that checkpoints hold it.
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, steps)
     raw_optimizer = optimizer
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # ZeRO steps the optimizer on its own flattened fp32 partitions, whose gradients exist only
+        # inside the engine's step; a curvature pass between steps would read none.
+        if curvature is not None:
+            raise ValueError("a separate curvature pass (optim.estimator=gnb|hutchinson) does not work under "
+                             "DeepSpeed ZeRO; use optim=soul_ref (curvature from the step's own gradient) or DDP/FSDP")
+        if cfg.grad_accum != 1:  # accelerate lets the engine step on every backward
+            raise ValueError(f"under DeepSpeed, accumulate in the engine: trainer.grad_accum must be 1 (got "
+                             f"{cfg.grad_accum}); set gradient_accumulation_steps in the DeepSpeed config instead")
     model, optimizer = accelerator.prepare(model, optimizer)
-    pairs = pair_indices(n_forget, n_retain, cfg.batch_size, seed, accelerator.process_index)
+    accelerator.register_for_checkpointing(scheduler)
+    rank = accelerator.process_index
+    pairs = pair_indices(n_forget, n_retain, cfg.batch_size, seed, rank)
+    first_step, drawn = 1, 0
+    log_mode = "w"
+    if resume and checkpointer is not None:
+        progress = checkpointer.load()
+        if progress is not None:
+            first_step, drawn = progress["step"] + 1, progress["pairs_drawn"]
+            for _ in range(drawn):  # the batch stream is a pure function of the seed: replay its position
+                next(pairs)
+            if curvature is not None:
+                curvature.load_state_dict(progress["curvature"])
+            _truncate_log(log_path, progress["step"])
+            log_mode = "a"
+    drawn_forget: list[list[int]] = []  # this process's forget indices, step by step
 
     model.train()
     start = time.perf_counter()
-    bar = tqdm(range(1, steps + 1), desc="unlearning", unit="step", disable=not accelerator.is_main_process)
-    with open(log_path, "w") as log_file:
+    bar = tqdm(range(first_step, steps + 1), desc="unlearning", unit="step", initial=first_step - 1, total=steps,
+               disable=not accelerator.is_main_process)
+    with open(log_path, log_mode) as log_file:
         for step in bar:
             totals: dict[str, float] = {"loss": 0.0}
-            label_tokens = 0
+            label_tokens, bad_losses = 0, 0
             for micro in range(cfg.grad_accum):
-                batch = make_batch(*next(pairs))
+                forget_idx, retain_idx = next(pairs)
+                drawn += 1
+                drawn_forget.append(forget_idx)
+                batch = make_batch(forget_idx, retain_idx)
                 label_tokens += make_batch.label_tokens(batch)
                 last = micro == cfg.grad_accum - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
                     loss, terms = objective(model, batch)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"non-finite unlearning loss {loss.item()} at step {step}")
+                    # No early exit here: under DDP every process must reach the gradient all-reduce.
+                    bad_losses += int(not torch.isfinite(loss))
                     accelerator.backward(loss / cfg.grad_accum)
                 totals["loss"] += loss.item() / cfg.grad_accum
                 for key, value in terms.items():
                     totals[key] = totals.get(key, 0.0) + value / cfg.grad_accum
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+            grad_norm = float("nan") if grad_norm is None else float(grad_norm)  # None: DeepSpeed clips inside
+            # One decision for all processes (a NaN on one rank reaches the others' gradients anyway).
+            flags = accelerator.reduce(torch.tensor([float(bad_losses)], device=accelerator.device), "sum")
+            bad_norm = not math.isfinite(grad_norm) and accelerator.distributed_type != DistributedType.DEEPSPEED
+            if flags.item() > 0 or bad_norm:
+                what = (f"loss {totals['loss']}" if flags.item() > 0 else f"gradient norm {float(grad_norm)}")
+                raise FloatingPointError(
+                    f"non-finite {what} at step {step}: training stopped before this step's update; "
+                    f"{checkpointer.describe() if checkpointer else 'checkpointing is off'}. Lower the "
+                    f"learning rate or set trainer.max_grad_norm.")
             lr = scheduler.get_last_lr()[0]
             if getattr(raw_optimizer, "bs_from_tokens", False):
-                raw_optimizer.bs = label_tokens  # Sophia's B: the label tokens this step saw
+                # Sophia's B: the label tokens this step saw, on all processes together (the gradient is
+                # their average), so that every process takes the same step.
+                if accelerator.num_processes > 1:
+                    label_tokens = int(accelerator.reduce(torch.tensor([label_tokens], device=accelerator.device),
+                                                          "sum").item())
+                raw_optimizer.bs = label_tokens
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if curvature is not None and curvature.due(step):
-                curvature.run(model, raw_optimizer, batch, objective, cfg.max_grad_norm)
+                curvature.run(model, raw_optimizer, batch, objective, cfg.max_grad_norm, clip=accelerator.clip_grad_norm_)
             record = {"step": step, "lr": lr, **totals, "grad_norm": float(grad_norm), "label_tokens": label_tokens,
                       "elapsed_s": time.perf_counter() - start}
             if curvature is not None:
@@ -141,12 +193,28 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
                 log_file.flush()
                 if on_step is not None:
                     on_step(record)
+            if checkpointer is not None and checkpointer.due(step, steps):
+                checkpointer.save(step, {"pairs_drawn": drawn,
+                                         "curvature": curvature.state_dict() if curvature is not None else None})
             bar.set_postfix(loss=f"{totals['loss']:.3f}")
     model.eval()
     elapsed = time.perf_counter() - start
+    # What each process did, for the record: its batches, and a weight checksum (equal across DDP ranks).
+    checksum = float(sum(p.detach().double().sum() for p in accelerator.unwrap_model(model).parameters()))
+    ranks = gather_object([{"rank": rank, "steps": steps - first_step + 1, "forget_batches": drawn_forget,
+                            "param_checksum": checksum}])
     return {"steps": steps, "warmup_steps": warmup, "train_seconds": elapsed,
-            "steps_per_second": steps / elapsed if elapsed > 0 else float("inf"),
-            "effective_batch": cfg.batch_size * cfg.grad_accum * accelerator.num_processes}
+            "steps_per_second": (steps - first_step + 1) / elapsed if elapsed > 0 else float("inf"),
+            "effective_batch": cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
+            "processes": accelerator.num_processes, "resumed_from_step": first_step - 1, "ranks": ranks}
+
+
+def _truncate_log(log_path: Path, last_step: int) -> None:
+    """Keep the step log up to the checkpoint's step (later lines are redone on resume)."""
+    if not log_path.is_file():
+        return
+    lines = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    log_path.write_text("".join(line + "\n" for line in lines))
 
 
 def one_shot_unlearn(model, make_batch: BatchMaker, objective: Objective, optimizer, cfg: DictConfig, accelerator,

@@ -36,6 +36,18 @@ def cache_dir(tmp_path_factory) -> Path:
     return path
 
 
+def run_in_process(*overrides: str, out_dir: Path, cache: Path) -> dict:
+    """``soul.run.run_job`` in this process on the composed config (no new interpreter: the imports
+    that cost a subprocess ~13 s are paid once); for tests of behaviour, not of the command line."""
+    from hydra import compose, initialize_config_dir
+
+    from soul.run import run_job
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.cache_dir='{cache}'", f"paths.output_dir='{out_dir}'", *overrides])
+    return run_job(cfg, Path(out_dir))
+
+
 def run_soul(*overrides: str, cache: Path, check: bool = True, env: dict | None = None,
              cwd: Path = REPO) -> subprocess.CompletedProcess:
     """``python -m soul.run`` in a subprocess, as a user would call it (``env``: extra variables)."""

@@ -150,7 +150,7 @@ def test_presets_memorize_the_users_book_first(small_book, tmp_path, monkeypatch
                  "task.construction.chunk_words=[50,70]", "task.construction.prompt_words=[10,20]",
                  f"paths.cache_dir={tmp_path}"]
     cfg = composed(*overrides)
-    assert cfg.model.hub_id == hub_id and cfg.model.dtype == "bfloat16"
+    assert cfg.model.hub_id == hub_id and cfg.model.dtype == "float32"
     task = CopyrightTask(cfg)
     template = PromptTemplate(**cfg.model.template)
     task.prepare(template)

@@ -75,7 +75,8 @@ def test_hub_model_loaded_as_configured(recorders, name):
     assert tok_args == (hub_id,)
     assert tok_kwargs == {"trust_remote_code": False}
     assert model_args == (hub_id,)
-    assert model_kwargs == {"dtype": torch.bfloat16, "attn_implementation": "sdpa", "trust_remote_code": False}
+    # fp32 master weights by default (bf16 autocast on a GPU); SOUL's pure bf16 is model.dtype=bfloat16
+    assert model_kwargs == {"dtype": torch.float32, "attn_implementation": "sdpa", "trust_remote_code": False}
     assert tokenizer.pad_token == tokenizer.eos_token == "</s>"  # TOFU: pad = eos
 
 

@@ -62,18 +62,27 @@ class CurvatureHook:
         self.generator = torch.Generator().manual_seed(seed)
         self.passes = 0
 
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to continue the same sequence of curvature samples."""
+        return {"passes": self.passes, "generator": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.passes = state["passes"]
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
     def due(self, step: int) -> bool:
         """True after optimizer steps interval, 2*interval, ... (1-based)."""
         return step % self.interval == 0
 
-    def run(self, model, optimizer, batch: dict, objective, max_grad_norm: float | None) -> None:
-        """One curvature estimate from ``batch`` folded into ``optimizer``'s curvature EMA."""
+    def run(self, model, optimizer, batch: dict, objective, max_grad_norm: float | None, clip=None) -> None:
+        """One curvature estimate from ``batch`` folded into ``optimizer``'s curvature EMA. ``clip``:
+        the loop's gradient clipping (accelerate's, which knows about sharded parameters)."""
         optimizer.zero_grad(set_to_none=True)
         params = [p for p in model.parameters() if p.requires_grad]
         if self.estimator == "gnb":
             sampled_label_backward(model, _concat(batch["forget"], batch.get("retain")), self.generator)
             if max_grad_norm:  # Sophia clips the sampled-label gradient like a training gradient
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                (clip or torch.nn.utils.clip_grad_norm_)(params, max_grad_norm)
         else:
             self._hutchinson(model, params, batch, objective)
         optimizer.update_hessian()

@@ -25,6 +25,7 @@ from soul.embedded import cache_key, ensure_book_mini, ensure_tiny_copyright_mod
 from soul.eval import harness
 from soul.eval.tofu import generate_answers
 from soul.memorize import ensure_memorized_model
+from soul.models import resolve_mixed_precision
 from soul.tasks.common import NoReferenceModel, cached_evaluation, model_to_load
 
 EVAL_VERSION = 1
@@ -100,7 +101,7 @@ class CopyrightTask(NoReferenceModel):
             # SOUL's original models first memorize the book; a model that already has sets memorize.enabled=false.
             self.memorized_model = ensure_memorized_model(
                 self.cache_dir, model_to_load(m, None), m, t.memorize, self.chunks, c.prompt_words, template,
-                self.cfg.mixed_precision, self.cfg.device)
+                resolve_mixed_precision(self.cfg.mixed_precision, self.cfg.device), self.cfg.device)
         self._forget = book.instruction_pairs(self.chunks, c.prompt_words)
         self._retain = book.instruction_pairs(retain_chunks, c.prompt_words)
         self.heldout_text = texts["heldout"]

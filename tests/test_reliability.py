@@ -1,0 +1,304 @@
+"""Scale and reliability: config validation, the non-finite guard, checkpoints and resume after a
+SIGKILL, and two processes under ``accelerate launch``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import REPO, SMALL, run_in_process, run_soul
+from soul.checkpoint import Checkpointer
+from soul.config_check import config_problems, validate
+from soul.data.qa import PromptTemplate
+from soul.models import build_tiny_llama
+from soul.objectives import build_objective, nll
+from soul.tokenizer import train_bpe_tokenizer
+from soul.unlearn import unlearn
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=["paths.output_dir=/tmp/unused", *overrides])
+
+
+# ------------------------------------------------------------------------------- config validation
+
+@pytest.mark.parametrize("override, message", [
+    ("device=gpu", "device='gpu': allowed values are auto, cpu"),
+    ("mixed_precision=fp8", "mixed_precision='fp8': allowed values are auto, no, bf16, fp16"),
+    ("model.dtype=float64", "model.dtype='float64': allowed values are float32, bfloat16, float16"),
+    ("model.attn_implementation=flash", "model.attn_implementation='flash': allowed values are sdpa, eager"),
+    ("task.forget_split=forget20", "task.forget_split='forget20': allowed values are forget01, forget05, forget10"),
+    ("optim.name=lion", "optim.name='lion': allowed values are adamw, iu, sgd, signsgd, sophia"),
+    ("trainer.batch_size=0", "trainer.batch_size=0: must be a positive integer"),
+    ("trainer.grad_accum=1.5", "trainer.grad_accum=1.5: must be a positive integer"),
+    ("trainer.warmup_ratio=1.5", "trainer.warmup_ratio=1.5: must be a number in [0, 1)"),
+    ("trainer.max_grad_norm=-1", "trainer.max_grad_norm=-1: must be a positive number or null"),
+    ("checkpoint.every=-5", "checkpoint.every=-5: must be a non-negative integer"),
+    ("resume=maybe", "resume='maybe': must be true or false"),
+    ("model.source=local", "model.path=None: model.source=local needs the model's directory"),
+])
+def test_bad_values_name_the_key_and_what_is_allowed(override, message):
+    problems = config_problems(composed(override))
+    assert len(problems) == 1 and problems[0].startswith(message), problems
+
+
+def test_task_specific_choices_and_every_problem_at_once():
+    problems = config_problems(composed("task=wmdp", "task.subset=chem", "task.retain=c4", "seed=-1"))
+    assert problems == ["task.subset='chem': allowed values are bio, cyber",
+                        "task.retain='c4': allowed values are wikitext, corpus",
+                        "seed=-1: must be a non-negative integer"]
+    with pytest.raises(ValueError, match=r"invalid config:\n  task.subset='chem'.*\n  task.retain='c4'"):
+        validate(composed("task=wmdp", "task.subset=chem", "task.retain=c4"))
+
+
+def shipped_configs():
+    conf = REPO / "conf"
+    combos = [(f"task={t}", f"model={m}") for t in ("tofu", "wmdp", "copyright")
+              for m in (p.stem for p in (conf / "model").glob("*.yaml"))]
+    combos += [(f"experiment={p.stem}",) for p in (conf / "experiment").glob("*.yaml") if p.stem != "soul_tofu_common"]
+    combos += [(f"grid={p.stem}",) for p in (conf / "grid").glob("*.yaml")]
+    combos += [(f"optim={p.stem}",) for p in (conf / "optim").glob("*.yaml")]
+    combos += [(f"objective={p.stem}",) for p in (conf / "objective").glob("*.yaml")]
+    return combos
+
+
+@pytest.mark.parametrize("overrides", shipped_configs(), ids=lambda o: ",".join(o))
+def test_every_shipped_config_is_valid(overrides):
+    assert config_problems(composed(*overrides)) == []
+
+
+def test_the_runner_rejects_a_bad_config_before_building_anything(cache_dir, tmp_path):
+    with pytest.raises(ValueError) as err:
+        run_in_process(*SMALL, "trainer.batch_size=0", "device=tpu", out_dir=tmp_path, cache=cache_dir)
+    assert "trainer.batch_size=0: must be a positive integer" in str(err.value)
+    assert "device='tpu': allowed values are auto, cpu" in str(err.value)
+    assert not any(tmp_path.iterdir())  # not even a status file
+
+
+# ------------------------------------------------------------------------------- non-finite guard
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+    texts = [f"Question: who is author {i}?\nAnswer: author {i} writes about topic {i * 7 % 5}" for i in range(12)]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
+    rows = [{"question": f"who is author {i}?", "answer": f"author {i} writes about topic {i * 7 % 5}"}
+            for i in range(12)]
+    return tokenizer, rows
+
+
+def guarded_run(tiny_setup, tmp_path, objective, checkpoint_every=2, steps=6):
+    tokenizer, rows = tiny_setup
+    torch.manual_seed(0)
+    arch = OmegaConf.create({"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2,
+                             "max_position_embeddings": 128})
+    model = build_tiny_llama(arch, tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    accelerator = Accelerator(cpu=True)
+    trainer = OmegaConf.create({"batch_size": 2, "grad_accum": 1, "max_steps": steps, "epochs": 1, "warmup_ratio": 0.0,
+                                "max_grad_norm": 1.0, "max_length": 64})
+    checkpointer = Checkpointer(accelerator, tmp_path, checkpoint_every)
+    with pytest.raises(FloatingPointError) as err:
+        unlearn(model, tokenizer, PromptTemplate(), rows[:6], rows[6:], objective, optimizer, trainer, accelerator,
+                0, tmp_path / "train_log.jsonl", checkpointer=checkpointer)
+    return str(err.value)
+
+
+class ScriptedObjective:
+    """GradDiff's forget term, made non-finite from step ``bad_step`` on (in the loss or only in the gradient)."""
+
+    needs_refusals = False
+
+    def __init__(self, bad_step: int, where: str):
+        self.calls, self.bad_step, self.where = 0, bad_step, where
+
+    def __call__(self, model, batch):
+        self.calls += 1
+        loss = -nll(model, batch["forget"])
+        if self.calls >= self.bad_step:
+            if self.where == "loss":
+                loss = loss * float("nan")
+            else:  # finite value, non-finite gradient: d/dw sqrt(w - w) at 0
+                w = next(model.parameters())
+                loss = loss + 0.0 * torch.sqrt(w - w).sum()
+        return loss, {"forget_loss": -loss.item()}
+
+
+@pytest.mark.parametrize("where, what", [("loss", "non-finite loss nan at step 5"),
+                                         ("gradient", "non-finite gradient norm nan at step 5")])
+def test_non_finite_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_setup, tmp_path, where, what):
+    message = guarded_run(tiny_setup, tmp_path, ScriptedObjective(bad_step=5, where=where))
+    assert what in message and "before this step's update" in message
+    assert f"the last good checkpoint (step 4) is kept in {tmp_path / 'checkpoint'}" in message
+    progress = json.loads((tmp_path / "checkpoint" / "progress.json").read_text())
+    assert progress["step"] == 4 and (tmp_path / "checkpoint" / "model.safetensors").is_file()
+    logged = [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]  # nothing of the bad step was applied or logged
+
+
+def test_a_diverging_run_is_marked_failed_with_its_checkpoint(cache_dir, tmp_path):
+    with pytest.raises(FloatingPointError):
+        run_in_process(*SMALL, "objective=ga", "optim=sgd", "optim.lr=1e8", "trainer.max_grad_norm=null",
+                       "trainer.max_steps=30", "checkpoint.every=1", "task.eval.baseline=false", out_dir=tmp_path,
+                       cache=cache_dir)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "FloatingPointError: non-finite" in status["error"]
+    assert "last good checkpoint" in status["error"] and (tmp_path / "checkpoint" / "progress.json").is_file()
+    assert not (tmp_path / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------- SIGKILL and resume
+
+RESUMABLE = [*SMALL, "optim=sophia", "trainer.max_steps=60", "checkpoint.every=10", "task.eval.baseline=false"]
+TIMINGS = ("train_seconds", "steps_per_second", "total_seconds", "resumed_from_step")
+
+
+def soul_env(cache: Path) -> dict:
+    return {**os.environ, "SOUL_CACHE_DIR": str(cache), "HYDRA_FULL_ERROR": "0"}
+
+
+def test_a_killed_run_resumes_to_the_same_result(cache_dir, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_soul(*RESUMABLE, f"hydra.run.dir={whole}", cache=cache_dir)
+    assert not (whole / "checkpoint").exists()  # a finished run drops its checkpoints
+
+    proc = subprocess.Popen([sys.executable, "-m", "soul.run", *RESUMABLE, f"hydra.run.dir={killed}"], cwd=REPO,
+                            env=soul_env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    progress = killed / "checkpoint" / "progress.json"
+    while time.time() < deadline and proc.poll() is None:
+        if progress.is_file() and json.loads(progress.read_text())["step"] >= 20:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "metrics.json").exists()
+    assert json.loads((killed / "status.json").read_text())["status"] == "running"
+
+    run_soul(*RESUMABLE, "resume=true", f"hydra.run.dir={killed}", cache=cache_dir)
+    a = json.loads((whole / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert b["resumed_from_step"] >= 20 and a["resumed_from_step"] == 0
+    for key, value in a.items():
+        if key in TIMINGS:
+            continue
+        if isinstance(value, float):
+            assert b[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+        else:
+            assert b[key] == value, key
+    # The step log is whole and the same: every step once, the same losses and curvature passes.
+    log_a = [json.loads(line) for line in (whole / "train_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(line) for line in (killed / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_b] == list(range(1, 61))
+    assert [r["loss"] for r in log_b] == pytest.approx([r["loss"] for r in log_a], rel=1e-5, abs=1e-7)
+    assert [r["curvature_passes"] for r in log_b] == [r["curvature_passes"] for r in log_a]
+
+
+# ------------------------------------------------------------------------------- two processes
+
+def test_two_processes_under_accelerate_launch(cache_dir, tmp_path):
+    """DDP over gloo on the CPU: both ranks train on different pairs, weights stay in step, and one
+    process writes the results, into one run directory."""
+    outputs = tmp_path / "outputs"
+    # accelerate's --cpu launcher starts several processes only through MPI; --multi_gpu with no GPU
+    # visible starts them through torchrun, and they meet over gloo on the CPU.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "soul.run", *SMALL, "optim=sophia",
+           "trainer.max_steps=12", f"paths.output_dir={outputs}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=soul_env(cache_dir), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = [p for p in (outputs / "runs").iterdir()]
+    assert len(runs) == 1, runs  # process 1 wrote into process 0's directory
+    run_dir = runs[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["effective_batch"] == 2 * 2 * 2
+    ranks = json.loads((run_dir / "ranks.json").read_text())
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["steps"] == 12 for r in ranks)
+    assert ranks[0]["forget_batches"] != ranks[1]["forget_batches"]  # a generator per rank
+    # DDP keeps the weights in step, Sophia's curvature pass (step 10) and its token count B included.
+    assert ranks[0]["param_checksum"] == pytest.approx(ranks[1]["param_checksum"], rel=1e-9)
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 12 and log[-1]["curvature_passes"] == 1  # logged once, not per process
+    assert proc.stdout.count("run directory:") == 1  # one summary
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+
+
+# ------------------------------------------------------------------------------- LoRA, precision
+
+def test_unlearning_through_lora_adapters(cache_dir, tmp_path):
+    run_in_process(*SMALL, "model.lora=true", "model.lora_settings.r=4", "trainer.max_steps=4", "save_model=true",
+                   "task.eval.baseline=false", out_dir=tmp_path, cache=cache_dir)
+    from safetensors.torch import load_file
+
+    config = OmegaConf.load(tmp_path / "config.yaml")
+    base_dir = Path(json.loads((tmp_path / "tofu_eval.json").read_text())["meta"]["model"])  # the model unlearned
+    unlearned = load_file(tmp_path / "model" / "model.safetensors")
+    assert not any("lora" in key for key in unlearned)  # merged: a plain transformers model
+    assert config.model.lora is True and json.loads((tmp_path / "metrics.json").read_text())["steps"] == 4
+    base = load_file(base_dir / "model.safetensors")
+    assert unlearned.keys() == base.keys()
+    # Only the adapters trained: the embeddings (not a LoRA target) are the base model's.
+    assert torch.equal(unlearned["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+    assert not torch.equal(unlearned["model.layers.0.self_attn.q_proj.weight"],
+                           base["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_lora_with_rmu_is_refused():
+    assert config_problems(composed("model.lora=true", "objective=rmu")) == [
+        "model.lora=True: does not combine with objective=rmu, which chooses the weights that train itself "
+        "(objective.trainable_layers, objective.params)"]
+
+
+def test_precision_defaults(monkeypatch):
+    from soul.models import resolve_mixed_precision
+
+    assert composed().mixed_precision == "auto"
+    assert resolve_mixed_precision("auto") == "no"  # this machine has no GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_mixed_precision("auto") == "bf16" and resolve_mixed_precision("auto", "cpu") == "no"
+    assert resolve_mixed_precision("no") == "no" and resolve_mixed_precision("fp16") == "fp16"
+    # Real presets keep fp32 master weights; SOUL's official TOFU configs train pure bf16.
+    assert composed("model=llama2-7b-tofu").model.dtype == "float32"
+    official = composed("experiment=soul_tofu_graddiff_so")
+    assert official.model.dtype == "bfloat16" and official.mixed_precision == "bf16"
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_setup, tmp_path):
+    guarded_run(tiny_setup, tmp_path, ScriptedObjective(bad_step=5, where="loss"))
+    other = Checkpointer(Accelerator(cpu=True), tmp_path, 2, fingerprint="another config")
+    with pytest.raises(ValueError, match="written by a run of other settings; resume=false starts this run afresh"):
+        other.load()
+
+
+def test_slurm_launcher_config_composes():
+    """The SLURM array launcher: Hydra's submitit plugin with soul's defaults (one GPU per job)."""
+    import soul.run  # noqa: F401  (registers the resolvers the output paths use)
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "grid=tofu_fo_vs_so",
+                                           "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.max_num_timeout) == (1, 1, 3)
+    assert launcher.partition == "gpu" and launcher.name == "soul-tofu_fo_vs_so"
+    assert launcher.submitit_folder.endswith("/sweeps/tofu_fo_vs_so/.submitit/%j")  # beside the grid's jobs
+
+
+def test_the_embedded_official_grid_keeps_fp32():
+    """experiment=soul_tofu_* trains Llama-2-7b in pure bf16 as SOUL does; the embedded grid that reuses
+    those experiments on the tiny CPU model keeps fp32."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["grid=tofu_fo_vs_so_official", "experiment=soul_tofu_npo_so"])
+    assert (cfg.model.name, cfg.model.dtype, cfg.mixed_precision) == ("tiny", "float32", "no")
