@@ -28,8 +28,15 @@ coordinates, at a fixed stride (``diagnostics_stride``, 1 = exact) for larger on
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 _EXACT_BELOW = 1 << 16  # tensors up to this size enter the diagnostics whole
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded (FSDP2) tensor; the tensor itself otherwise."""
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 class SophiaG(torch.optim.Optimizer):
@@ -121,7 +128,7 @@ class SophiaG(torch.optim.Optimizer):
             self.update_exp_avg()
         sums: list[torch.Tensor] = []
         clipped: list[torch.Tensor] = []
-        numel = 0
+        numel, sharded = 0, False
         for group in self.param_groups:
             params, grads = self._grads(group)
             if not params:
@@ -146,7 +153,10 @@ class SophiaG(torch.optim.Optimizer):
             if self.track_diagnostics:
                 # Large tensors are read at a fixed stride: an exact figure would cost three more full
                 # passes per step; 1/64 of millions of coordinates estimates a fraction to ~1e-3.
+                # Sharded parameters count their local shard; diagnostics() sums over the processes.
                 stride = self.diagnostics_stride
+                update = [_local(u) for u in update]
+                sharded = sharded or any(isinstance(p, DTensor) for p in params)
                 samples = [u.view(-1)[::stride] if u.numel() > _EXACT_BELOW else u.view(-1) for u in update]
                 # each sample stands for its whole tensor: weight it by numel / sample size
                 weights = [u.numel() / x.numel() for u, x in zip(update, samples)]
@@ -155,8 +165,8 @@ class SophiaG(torch.optim.Optimizer):
                 numel += sum(u.numel() for u in update)
             del update
         if self.track_diagnostics and numel:
-            self._diag = {"clip_fraction": torch.stack(clipped).sum() / numel,
-                          "mean_update_over_lr": torch.stack(sums).sum() / numel}
+            self._diag = {"clipped": torch.stack(clipped).sum(), "abs_update": torch.stack(sums).sum(),
+                          "numel": numel, "sharded": sharded}
         return loss
 
     @torch.no_grad()
@@ -166,10 +176,18 @@ class SophiaG(torch.optim.Optimizer):
         The first two are measured on the sampled coordinates (see ``diagnostics_stride``)."""
         if not self._diag:
             return {}
+        d = self._diag
+        totals = torch.stack([d["clipped"].float(), d["abs_update"].float(),
+                              torch.tensor(float(d["numel"]), device=d["clipped"].device)])
+        if d["sharded"] and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(totals)  # collective: every process of an FSDP run logs each step
+        clipped, abs_update, numel = totals.tolist()
         if self._hessian_norm is None:
-            hessians = [s["hessian"] for s in self.state.values() if "hessian" in s]
-            self._hessian_norm = float(torch.stack(torch._foreach_norm(hessians)).norm()) if hessians else 0.0
-        clip = float(self._diag["clip_fraction"])
-        return {"clip_fraction": clip, "win_rate": 1.0 - clip,
-                "mean_update_over_lr": float(self._diag["mean_update_over_lr"]),
+            hessians = [_local(s["hessian"]) for s in self.state.values() if "hessian" in s]
+            square = torch.stack(torch._foreach_norm(hessians)).square().sum() if hessians else torch.zeros(())
+            if d["sharded"] and dist.is_available() and dist.is_initialized():
+                dist.all_reduce(square)
+            self._hessian_norm = float(square.sqrt())
+        clip = clipped / numel
+        return {"clip_fraction": clip, "win_rate": 1.0 - clip, "mean_update_over_lr": abs_update / numel,
                 "hessian_norm": self._hessian_norm}
