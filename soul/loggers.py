@@ -100,8 +100,12 @@ class WandbLogger(RunLogger):
         lc = cfg.logger
         self.mode = resolve_wandb_mode(lc.mode)
         config = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
+        # A resumed run continues its W&B run (its id is kept in the run directory).
+        id_file = out_dir / "wandb_run_id.txt"
+        resume = {"id": id_file.read_text().strip(), "resume": "allow"} if cfg.get("resume") and id_file.is_file() else {}
         self.run = wandb.init(project=lc.project, entity=lc.get("entity"), dir=str(out_dir), mode=self.mode,
-                              config=config, job_type="unlearn", reinit="create_new", **run_identity(cfg))
+                              config=config, job_type="unlearn", reinit="create_new", **run_identity(cfg), **resume)
+        id_file.write_text(self.run.id)
         self.run.define_metric("train/*", step_metric="train/step")
         if self.mode == "offline":
             log.info("W&B offline: sync later with `wandb sync %s`", Path(self.run.dir).parent)

@@ -186,3 +186,21 @@ def test_secrets_are_redacted_from_uploaded_configs():
     clean = redact_secrets(cfg)
     assert clean == {"logger": {"api_key": REDACTED, "project": "soul"}, "hub": {"HF_TOKEN": REDACTED},
                      "optim": {"lr": 1e-4}}
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    import soul.run  # noqa: F401  (registers the config's resolvers)
+    from conftest import REPO
+    from soul.loggers import WandbLogger
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["logger=wandb", "logger.mode=offline"])
+    first = WandbLogger(cfg, tmp_path)
+    first.finish(None, status="failed")  # killed mid-way
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        resumed_cfg = compose("config", overrides=["logger=wandb", "logger.mode=offline", "resume=true"])
+    again = WandbLogger(resumed_cfg, tmp_path)
+    again.finish(None)
+    assert again.run.id == first.run.id == (tmp_path / "wandb_run_id.txt").read_text()
