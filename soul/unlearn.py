@@ -130,7 +130,8 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
                 next(pairs)
             if curvature is not None:
                 curvature.load_state_dict(progress["curvature"])
-            _truncate_log(log_path, progress["step"])
+            if accelerator.is_main_process:
+                _truncate_log(log_path, progress["step"])
             log_mode = "a"
     drawn_forget: list[list[int]] = []  # this process's forget indices, step by step
 
@@ -138,7 +139,8 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
     start = time.perf_counter()
     bar = tqdm(range(first_step, steps + 1), desc="unlearning", unit="step", initial=first_step - 1, total=steps,
                disable=not accelerator.is_main_process)
-    with open(log_path, log_mode) as log_file:
+    # The step log is the main process's alone (another process opening it with "w" would truncate it).
+    with open(log_path, log_mode) if accelerator.is_main_process else contextlib.nullcontext() as log_file:
         for step in bar:
             totals: dict[str, float] = {"loss": 0.0}
             label_tokens, bad_losses = 0, 0
@@ -158,12 +160,12 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
                 for key, value in terms.items():
                     totals[key] = totals.get(key, 0.0) + value / cfg.grad_accum
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
-            grad_norm = float("nan") if grad_norm is None else float(grad_norm)  # None: DeepSpeed clips inside
+            grad_norm = None if grad_norm is None else float(grad_norm)  # None: DeepSpeed clips inside the engine
             # One decision for all processes (a NaN on one rank reaches the others' gradients anyway).
             flags = accelerator.reduce(torch.tensor([float(bad_losses)], device=accelerator.device), "sum")
-            bad_norm = not math.isfinite(grad_norm) and accelerator.distributed_type != DistributedType.DEEPSPEED
+            bad_norm = grad_norm is not None and not math.isfinite(grad_norm)
             if flags.item() > 0 or bad_norm:
-                what = (f"loss {totals['loss']}" if flags.item() > 0 else f"gradient norm {float(grad_norm)}")
+                what = f"loss {totals['loss']}" if flags.item() > 0 else f"gradient norm {grad_norm}"
                 raise FloatingPointError(
                     f"non-finite {what} at step {step}: training stopped before this step's update; "
                     f"{checkpointer.describe() if checkpointer else 'checkpointing is off'}. Lower the "
@@ -181,7 +183,7 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
             optimizer.zero_grad(set_to_none=True)
             if curvature is not None and curvature.due(step):
                 curvature.run(model, raw_optimizer, batch, objective, cfg.max_grad_norm, clip=accelerator.clip_grad_norm_)
-            record = {"step": step, "lr": lr, **totals, "grad_norm": float(grad_norm), "label_tokens": label_tokens,
+            record = {"step": step, "lr": lr, **totals, "grad_norm": grad_norm, "label_tokens": label_tokens,
                       "elapsed_s": time.perf_counter() - start}
             if curvature is not None:
                 record["curvature_passes"] = curvature.passes
