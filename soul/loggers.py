@@ -102,7 +102,8 @@ class WandbLogger(RunLogger):
         config = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
         # A resumed run continues its W&B run (its id is kept in the run directory).
         id_file = out_dir / "wandb_run_id.txt"
-        resume = {"id": id_file.read_text().strip(), "resume": "allow"} if cfg.get("resume") and id_file.is_file() else {}
+        resume = ({"id": id_file.read_text().strip(), "resume": "allow"}
+                  if cfg.get("resume") and id_file.is_file() else {})
         self.run = wandb.init(project=lc.project, entity=lc.get("entity"), dir=str(out_dir), mode=self.mode,
                               config=config, job_type="unlearn", reinit="create_new", **run_identity(cfg), **resume)
         id_file.write_text(self.run.id)

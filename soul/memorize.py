@@ -60,8 +60,8 @@ def ensure_memorized_model(cache_dir: str | Path, source: str, model_cfg: DictCo
     lora = OmegaConf.to_container(model_cfg.lora_settings, resolve=True) if memorize_cfg.lora else None
     precision = "bf16" if mixed_precision == "bf16" else "no"
     book_hash = hashlib.sha256("\n".join(" ".join(c) for c in chunks).encode()).hexdigest()
-    key = cache_key("memorize", source, model_cfg.dtype, memorize_cfg.dtype, book_hash, list(prompt_words), settings, lora, precision,
-                    [template.question_start, template.question_end, template.answer_tag])
+    key = cache_key("memorize", source, model_cfg.dtype, memorize_cfg.dtype, book_hash, list(prompt_words), settings,
+                    lora, precision, [template.question_start, template.question_end, template.answer_tag])
     out = Path(cache_dir).expanduser() / "memorized" / key
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):  # other processes of a launch wait here, then load the result

@@ -108,7 +108,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     validate(cfg)
     quiet_libraries()
     out_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(cpu=use_cpu(cfg), mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.device))
+    accelerator = Accelerator(cpu=use_cpu(cfg),
+                              mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.device))
     tracker = build_logger(cfg, out_dir) if accelerator.is_main_process else RunLogger()
     try:
         metrics = _run(cfg, out_dir, accelerator, tracker)
