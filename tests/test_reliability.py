@@ -208,14 +208,14 @@ def test_a_killed_run_resumes_to_the_same_result(cache_dir, tmp_path):
 # ------------------------------------------------------------------------------- two processes
 
 def test_two_processes_under_accelerate_launch(cache_dir, tmp_path):
-    """DDP over gloo on the CPU: both ranks train on different pairs, weights stay in step, and one
-    process writes the results, into one run directory."""
+    """DDP over gloo on the CPU: both ranks train on different pairs, weights stay in step, one
+    process writes the results, into one run directory, and both resume from a checkpoint together."""
     outputs = tmp_path / "outputs"
     # accelerate's --cpu launcher starts several processes only through MPI; --multi_gpu with no GPU
     # visible starts them through torchrun, and they meet over gloo on the CPU.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "soul.run", *SMALL, "optim=sophia",
-           "trainer.max_steps=12", f"paths.output_dir={outputs}"]
+           "trainer.max_steps=12", "checkpoint.every=10", "checkpoint.keep=true", f"paths.output_dir={outputs}"]
     proc = subprocess.run(cmd, cwd=REPO, env=soul_env(cache_dir), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = [p for p in (outputs / "runs").iterdir()]
@@ -232,6 +232,20 @@ def test_two_processes_under_accelerate_launch(cache_dir, tmp_path):
     assert len(log) == 12 and log[-1]["curvature_passes"] == 1  # logged once, not per process
     assert proc.stdout.count("run directory:") == 1  # one summary
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+
+    # Both processes resume from the step-10 checkpoint and end where the uninterrupted run did.
+    (run_dir / "status.json").unlink()  # as if killed after the checkpoint
+    proc = subprocess.run([*cmd, "resume=true", f"hydra.run.dir={run_dir}"], cwd=REPO, env=soul_env(cache_dir),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["resumed_from_step"] == 10
+    assert resumed["forget_quality"] == pytest.approx(metrics["forget_quality"], rel=1e-6)
+    assert resumed["model_utility"] == pytest.approx(metrics["model_utility"], rel=1e-6)
+    again = json.loads((run_dir / "ranks.json").read_text())
+    assert [r["steps"] for r in again] == [2, 2]
+    assert again[0]["param_checksum"] == again[1]["param_checksum"] == pytest.approx(ranks[0]["param_checksum"],
+                                                                                       rel=1e-9)
 
 
 # ------------------------------------------------------------------------------- LoRA, precision
