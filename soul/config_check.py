@@ -14,12 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 from soul.models import DTYPES
 
 SOURCES = ("embedded", "hub", "local")
-TASK_CHOICES = {  # per task: key -> allowed values
-    "tofu": {"task.source": SOURCES, "task.forget_split": ("forget01", "forget05", "forget10"),
-             "task.eval.variant": ("official", "soul")},
-    "wmdp": {"task.source": SOURCES, "task.subset": ("bio", "cyber"), "task.retain": ("wikitext", "corpus")},
-    "copyright": {"task.source": SOURCES},
-}
 CHOICES = {
     "device": ("auto", "cpu"),
     "mixed_precision": ("auto", "no", "bf16", "fp16"),
@@ -64,12 +58,19 @@ def config_problems(cfg: DictConfig) -> list[str]:
     """Every invalid value in ``cfg``, one line each: key, value and what is allowed."""
     from soul.objectives import OBJECTIVES
     from soul.optim import OPTIMIZERS
-    from soul.tasks import TASKS
+    from soul.tasks import TASKS, copyright, wmdp
+
+    task_choices = {  # per task: key -> allowed values (the tasks' own lists where they keep one)
+        "tofu": {"task.source": SOURCES, "task.forget_split": ("forget01", "forget05", "forget10"),
+                 "task.eval.variant": ("official", "soul")},
+        "wmdp": {"task.source": SOURCES, "task.subset": wmdp.SUBSETS, "task.retain": ("wikitext", "corpus")},
+        "copyright": {"task.source": copyright.SOURCES},
+    }
 
     problems = []
     registered = {"task.name": sorted(TASKS), "objective.name": sorted(OBJECTIVES), "optim.name": sorted(OPTIMIZERS)}
     choices = {**CHOICES, **{k: tuple(v) for k, v in registered.items()},
-               **TASK_CHOICES.get(_get(cfg, "task.name"), {})}
+               **task_choices.get(_get(cfg, "task.name"), {})}
     for key, allowed in choices.items():
         value = _get(cfg, key)
         if value not in allowed:

@@ -284,11 +284,9 @@ def ensure_tiny_copyright_model(cache_dir: str | Path, task_cfg: DictConfig, mod
         chunks = book.chunk_book(words["book"], *construction["chunk_words"], num_chunks=construction["num_chunks"],
                                  seed=construction["seed"])
         retain_chunks = book.chunk_book(words["retain"], *construction["chunk_words"], seed=construction["seed"])
-        pairs = book.instruction_pairs(chunks, construction["prompt_words"])
-        text_rows = [{"question": "", "answer": row["text"]}
-                     for row in book.book_text_rows(chunks) + book.book_text_rows(retain_chunks)]
-        losses = finetune_mixed(model, tokenizer, [(template, pairs), (PromptTemplate("", "", ""), text_rows)],
-                                OmegaConf.create(train_cfg), "copyright base model")
+        # The retain story's text too: what the model should keep.
+        groups = book.memorizing_rows(chunks, construction["prompt_words"], template, also_text=retain_chunks)
+        losses = finetune_mixed(model, tokenizer, groups, OmegaConf.create(train_cfg), "copyright base model")
         tmp = out.with_name(out.name + ".tmp")
         model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)

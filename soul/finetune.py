@@ -9,6 +9,7 @@ bf16 autocast; trainable parameters only, so a peft LoRA model trains its adapte
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 
 import torch
@@ -74,7 +75,7 @@ def finetune_mixed(model, tokenizer, groups: list[tuple[PromptTemplate, list[dic
                     loss = model(**batch).loss
                 (loss / len(group)).backward()
                 step_loss += loss.item() / len(group)
-            if not torch.isfinite(torch.tensor(step_loss)):
+            if not math.isfinite(step_loss):
                 raise FloatingPointError(f"{desc}: non-finite fine-tuning loss {step_loss} at step {len(losses) + 1}")
             if max_norm:
                 torch.nn.utils.clip_grad_norm_(params, max_norm)

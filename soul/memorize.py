@@ -38,13 +38,6 @@ def training_device(device_setting: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def memorizing_rows(chunks: list[list[str]], prompt_words, template: PromptTemplate):
-    """What the original model is fine-tuned on: the instruction/continuation pairs (seen
-    templates, every K) in the model's template, and each chunk's text as plain text."""
-    text_rows = [{"question": "", "answer": row["text"]} for row in book.book_text_rows(chunks)]
-    return [(template, book.instruction_pairs(chunks, prompt_words)), (PromptTemplate("", "", ""), text_rows)]
-
-
 def ensure_memorized_model(cache_dir: str | Path, source: str, model_cfg: DictConfig, memorize_cfg: DictConfig,
                            chunks: list[list[str]], prompt_words, template: PromptTemplate,
                            mixed_precision: str = "no", device_setting: str = "auto") -> Path:
@@ -73,7 +66,7 @@ def ensure_memorized_model(cache_dir: str | Path, source: str, model_cfg: DictCo
                                            model_cfg.trust_remote_code)
         if lora:
             model = apply_lora(model, **lora)
-        losses = finetune_mixed(model, tokenizer, memorizing_rows(chunks, prompt_words, template),
+        losses = finetune_mixed(model, tokenizer, book.memorizing_rows(chunks, prompt_words, template),
                                 OmegaConf.create({**settings, "mixed_precision": precision}),
                                 "memorizing the book", device=training_device(device_setting))
         model = merge_lora(model).to(DTYPES[model_cfg.dtype])  # saved in the dtype unlearning loads

@@ -161,23 +161,23 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
                     totals[key] = totals.get(key, 0.0) + value / cfg.grad_accum
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
             grad_norm = None if grad_norm is None else float(grad_norm)  # None: DeepSpeed clips inside the engine
-            # One decision for all processes (a NaN on one rank reaches the others' gradients anyway).
-            flags = accelerator.reduce(torch.tensor([float(bad_losses)], device=accelerator.device), "sum")
+            if accelerator.num_processes > 1:
+                # One all-reduce per step: non-finite losses on any process (one decision for all of them)
+                # and the step's label tokens on all processes together (Sophia's B: the gradient is their
+                # average, so every process must take the same step).
+                counts = torch.tensor([bad_losses, label_tokens], device=accelerator.device)
+                counts = accelerator.reduce(counts, "sum")
+                bad_losses, label_tokens = (int(c) for c in counts.tolist())
             bad_norm = grad_norm is not None and not math.isfinite(grad_norm)
-            if flags.item() > 0 or bad_norm:
-                what = f"loss {totals['loss']}" if flags.item() > 0 else f"gradient norm {grad_norm}"
+            if bad_losses > 0 or bad_norm:
+                what = f"loss {totals['loss']}" if bad_losses > 0 else f"gradient norm {grad_norm}"
                 raise FloatingPointError(
                     f"non-finite {what} at step {step}: training stopped before this step's update; "
                     f"{checkpointer.describe() if checkpointer else 'checkpointing is off'}. Lower the "
                     f"learning rate or set trainer.max_grad_norm.")
             lr = scheduler.get_last_lr()[0]
             if getattr(raw_optimizer, "bs_from_tokens", False):
-                # Sophia's B: the label tokens this step saw, on all processes together (the gradient is
-                # their average), so that every process takes the same step.
-                if accelerator.num_processes > 1:
-                    label_tokens = int(accelerator.reduce(torch.tensor([label_tokens], device=accelerator.device),
-                                                          "sum").item())
-                raw_optimizer.bs = label_tokens
+                raw_optimizer.bs = label_tokens  # Sophia's B: the label tokens this step saw (all processes)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

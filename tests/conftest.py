@@ -48,10 +48,15 @@ def run_in_process(*overrides: str, out_dir: Path, cache: Path) -> dict:
     return run_job(cfg, Path(out_dir))
 
 
+def soul_env(cache: Path, **extra: str) -> dict:
+    """The environment a soul subprocess runs in: this one, with the test cache."""
+    return {**os.environ, "SOUL_CACHE_DIR": str(cache), "HYDRA_FULL_ERROR": "0", **extra}
+
+
 def run_soul(*overrides: str, cache: Path, check: bool = True, env: dict | None = None,
              cwd: Path = REPO) -> subprocess.CompletedProcess:
     """``python -m soul.run`` in a subprocess, as a user would call it (``env``: extra variables)."""
-    env = {**os.environ, "SOUL_CACHE_DIR": str(cache), "HYDRA_FULL_ERROR": "0", **(env or {})}
+    env = soul_env(cache, **(env or {}))
     proc = subprocess.run([sys.executable, "-m", "soul.run", *overrides], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:

@@ -59,7 +59,7 @@ def model_settings(lora_rank=4):
 
 def book_loss(model_dir, chunks):
     model, tokenizer = load_pretrained(model_dir)
-    rows = memorize.memorizing_rows(chunks, [10, 20], TEMPLATE)
+    rows = book.memorizing_rows(chunks, [10, 20], TEMPLATE)
     from soul.data.qa import encode_qa_batch, pad_batch
     examples = [e for t, r in rows for e in encode_qa_batch(tokenizer, t, [(x["question"], x["answer"]) for x in r])]
     with torch.no_grad():

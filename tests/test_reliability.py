@@ -4,7 +4,6 @@ SIGKILL, and two processes under ``accelerate launch``."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from accelerate import Accelerator
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, SMALL, run_in_process, run_soul
+from conftest import REPO, SMALL, run_in_process, run_soul, soul_env
 from soul.checkpoint import Checkpointer
 from soul.config_check import config_problems, validate
 from soul.data.qa import PromptTemplate
@@ -162,10 +161,6 @@ def test_a_diverging_run_is_marked_failed_with_its_checkpoint(cache_dir, tmp_pat
 
 RESUMABLE = [*SMALL, "optim=sophia", "trainer.max_steps=60", "checkpoint.every=10", "task.eval.baseline=false"]
 TIMINGS = ("train_seconds", "steps_per_second", "total_seconds", "resumed_from_step")
-
-
-def soul_env(cache: Path) -> dict:
-    return {**os.environ, "SOUL_CACHE_DIR": str(cache), "HYDRA_FULL_ERROR": "0"}
 
 
 def test_a_killed_run_resumes_to_the_same_result(cache_dir, tmp_path):

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from soul.data.qa import PromptTemplate
+
 SEEN_TEMPLATES = [
     "Can you finish this sentence for me: ",
     "I'd like you to continue this line: ",
@@ -135,6 +137,15 @@ def instruction_pairs(chunks: Sequence[Sequence[str]], prompt_words: Sequence[in
 def book_text_rows(chunks: Sequence[Sequence[str]]) -> list[dict[str, str]]:
     """The raw book chunks as {"text": spaced chunk} rows (SOUL's hp.jsonl)."""
     return [{"text": join_words(chunk)} for chunk in chunks]
+
+
+def memorizing_rows(chunks: Sequence[Sequence[str]], prompt_words: Sequence[int], template: PromptTemplate,
+                    also_text: Sequence[Sequence[str]] = ()) -> list[tuple[PromptTemplate, list[dict[str, str]]]]:
+    """What a model is fine-tuned on to memorize the book (SOUL's original models): the
+    instruction/continuation pairs (seen templates, every K) in the model's template, and each chunk's
+    text, then ``also_text``'s chunks, as plain text. ``finetune_mixed``'s groups."""
+    text_rows = [{"question": "", "answer": row["text"]} for row in book_text_rows([*chunks, *also_text])]
+    return [(template, instruction_pairs(chunks, prompt_words)), (PromptTemplate("", "", ""), text_rows)]
 
 
 _ROUGE_SCORER = None
