@@ -232,7 +232,8 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 
 def _rmu_prepare(model, kwargs: dict, seed: int) -> dict:
-    """Freeze everything but the MLPs of layers ``layer-2 .. layer``; draw the control vector."""
+    """Freeze everything but the MLPs of layers ``layer-2 .. layer`` (``params=mlp_and_embeddings``:
+    and the input embeddings); draw the control vector."""
     layers = decoder_layers(model)
     layer = kwargs.setdefault("layer", 2)
     if not 0 <= layer < len(layers):
@@ -243,15 +244,21 @@ def _rmu_prepare(model, kwargs: dict, seed: int) -> dict:
         raise ValueError(f"objective.trainable_layers={chosen} must be a non-empty list of layer indices "
                          f"in 0..{len(layers) - 1}")
     which = kwargs.get("params", "mlp")
-    if which not in ("mlp", "down_proj"):
-        raise ValueError(f"objective.params must be mlp or down_proj, got {which!r}")
+    if which not in ("mlp", "down_proj", "mlp_and_embeddings"):
+        raise ValueError(f"objective.params must be mlp, down_proj or mlp_and_embeddings, got {which!r}")
     for p in model.parameters():
         p.requires_grad_(False)
     for i in trainable:
         mlp = layers[i].mlp
         for name, p in mlp.named_parameters():
-            if which == "mlp" or name.startswith("down_proj"):
+            if which in ("mlp", "mlp_and_embeddings") or name.startswith("down_proj"):
                 p.requires_grad_(True)
+    if which == "mlp_and_embeddings":
+        # For a model so shallow that its first attention layer copies raw token embeddings to where
+        # the answer is read (the tiny preset on wmdp-mini; README, WMDP), no MLP sits on that path.
+        # A token's embedding row gets a gradient only from batches that contain the token, so rows
+        # of tokens in neither the forget nor the retain text move by weight decay alone.
+        model.get_input_embeddings().weight.requires_grad_(True)
     hidden = model.config.hidden_size
     g = torch.Generator().manual_seed(seed)
     u = torch.rand(1, 1, hidden, generator=g)

@@ -315,6 +315,9 @@ def plot_fq_vs_mu(arms: dict[tuple, list[Run]], path: Path, title: str,
     objectives = sorted({k[0] for k in arms})
     colors = {o: plt.cm.tab10(i % 10) for i, o in enumerate(optims)}
     markers = dict(zip(objectives, "osD^vP*Xh<>"))
+    # Arms can land on the same point (e.g. two optimizers that both collapse to chance): earlier
+    # optimizers get larger markers drawn underneath, so coincident points show as rings.
+    sizes = {o: 8 + 3 * (len(optims) - 1 - i) for i, o in enumerate(optims)}
     x_key, y_key = axes
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for (objective, optim, extra), arm_runs in arms.items():
@@ -326,7 +329,7 @@ def plot_fq_vs_mu(arms: dict[tuple, list[Run]], path: Path, title: str,
         mu = np.array([m[x_key] for m in done], dtype=float)
         ax.errorbar(mu.mean(), fq.mean(), xerr=mu.std(ddof=1) if len(mu) > 1 else 0,
                     yerr=fq.std(ddof=1) if len(fq) > 1 else 0, marker=markers[objective], color=colors[optim],
-                    markersize=8, capsize=3, linestyle="none")
+                    markersize=sizes[optim], capsize=3, linestyle="none", zorder=2 + optims.index(optim))
     for label, key, marker in (("before unlearning", "before", "*"), ("retain model", "retain model", "P")):
         refs = [r.baseline[key] for rs in arms.values() for r in rs
                 if r.baseline and r.baseline.get(key) and r.baseline[key].get(y_key) is not None]

@@ -108,8 +108,9 @@ def sgd_steps(objective, model, batch, steps: int = 5, lr: float = 0.1):
 
 
 def rmu_trainable(params: str = "mlp", layers=(0, 1, 2)) -> set[str]:
-    names = ("gate_proj", "up_proj", "down_proj") if params == "mlp" else ("down_proj",)
-    return {f"model.layers.{i}.mlp.{n}.weight" for i in layers for n in names}
+    names = ("down_proj",) if params == "down_proj" else ("gate_proj", "up_proj", "down_proj")
+    embeddings = {"model.embed_tokens.weight"} if params == "mlp_and_embeddings" else set()
+    return {f"model.layers.{i}.mlp.{n}.weight" for i in layers for n in names} | embeddings
 
 
 def hyper(name: str) -> dict:
@@ -141,7 +142,7 @@ def test_objective_is_finite_and_backpropagates(name, model, batch):
     assert all(p.grad is None for p in ref.parameters())
 
 
-@pytest.mark.parametrize("params", ["mlp", "down_proj"])
+@pytest.mark.parametrize("params", ["mlp", "down_proj", "mlp_and_embeddings"])
 def test_rmu_trains_only_the_mlps_of_the_chosen_layers(params, model, batch):
     ref = reference(model)
     objective = build_objective("rmu", {**RMU, "params": params}, model, ref=ref, seed=0)
@@ -157,7 +158,19 @@ def test_rmu_trains_only_the_mlps_of_the_chosen_layers(params, model, batch):
         opt.step()
     after = model.state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
+    if model.config.tie_word_embeddings and params == "mlp_and_embeddings":
+        expected = expected | {"lm_head.weight"}  # the same tensor as the input embeddings
     assert moved == expected
+    if params == "mlp_and_embeddings":
+        # Only the rows of tokens that occur in the forget or the retain batch move (no weight decay).
+        seen = torch.cat([batch[part]["input_ids"][batch[part]["attention_mask"].bool()] for part in ("forget", "retain")])
+        rows_moved = (before["model.embed_tokens.weight"] != after["model.embed_tokens.weight"]).any(-1)
+        assert rows_moved.nonzero().flatten().tolist() == sorted(set(seen.tolist()))
+
+
+def test_rmu_params_choice_is_checked(model):
+    with pytest.raises(ValueError, match=r"objective\.params must be mlp, down_proj or mlp_and_embeddings, got 'all'"):
+        build_objective("rmu", {**RMU, "params": "all"}, model, ref=reference(model))
 
 
 @pytest.mark.parametrize("layer", [NUM_LAYERS, -1, 10])

@@ -129,7 +129,8 @@ def test_bad_wmdp_mini_sizes_are_named():
 
 def test_rmu_settings_come_from_the_model_preset_on_wmdp():
     tiny, zephyr = composed("task=wmdp"), composed("task=wmdp", "model=zephyr-7b-beta")
-    assert (tiny.objective.layer, list(tiny.objective.trainable_layers)) == (1, [0, 1])
+    assert (tiny.objective.layer, list(tiny.objective.trainable_layers), tiny.objective.params) == (
+        1, [0, 1], "mlp_and_embeddings")
     assert tiny.optim.lr == tiny.model.wmdp.lr and tiny.optim.lr != tiny.model.unlearn_lr
     assert (zephyr.objective.layer, zephyr.objective.params, zephyr.objective.steering_coeff,
             zephyr.objective.alpha, list(zephyr.objective.trainable_layers)) == (7, "down_proj", 6.5, 1200.0, [5, 6, 7])
