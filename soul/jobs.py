@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import traceback
 from pathlib import Path
@@ -24,7 +25,7 @@ def write_status(out_dir: Path, status: str, error: BaseException | None = None)
     if error is not None:
         record["error"] = f"{type(error).__name__}: {error}"
         record["traceback"] = "".join(traceback.format_exception(error))
-    tmp = out_dir / (STATUS_FILE + ".tmp")
+    tmp = out_dir / f"{STATUS_FILE}.{os.getpid()}.tmp"  # processes of one run that fail together each write one
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(out_dir / STATUS_FILE)
 

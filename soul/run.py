@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import hydra
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_seed
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -103,13 +104,21 @@ def write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
+def process_group_settings() -> dict:
+    """Under ``accelerate launch --use_deepspeed`` on a machine without GPUs, accelerate picks no
+    process-group backend (each process would think it is alone) and refuses ``--cpu`` beside
+    DeepSpeed; naming gloo makes the processes one group (DeepSpeed's CPU accelerator uses gloo too)."""
+    return {"backend": "gloo"} if deepspeed_launch() and not torch.cuda.is_available() else {}
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """One unlearning experiment; returns the metrics written to ``metrics.json``."""
     validate(cfg)
     quiet_libraries()
     out_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=use_cpu(cfg),
-                              mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.device))
+                              mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.device),
+                              kwargs_handlers=[InitProcessGroupKwargs(**process_group_settings())])
     tracker = build_logger(cfg, out_dir) if accelerator.is_main_process else RunLogger()
     try:
         metrics = _run(cfg, out_dir, accelerator, tracker)
@@ -200,7 +209,14 @@ def _run(cfg: DictConfig, out_dir: Path, accelerator: Accelerator, tracker: RunL
 
 
 def use_cpu(cfg: DictConfig) -> bool:
-    return not torch.cuda.is_available() or cfg.device == "cpu"
+    """accelerate's ``cpu`` flag. Not under a DeepSpeed launch, which it would quietly turn into plain
+    multi-CPU data parallelism: DeepSpeed runs on the CPU through its own CPU accelerator."""
+    return (not torch.cuda.is_available() or cfg.device == "cpu") and not deepspeed_launch()
+
+
+def deepspeed_launch() -> bool:
+    """True in processes started by ``accelerate launch`` with DeepSpeed."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
 def shared_output_dir(state: PartialState, own: Path) -> Path:
@@ -221,7 +237,7 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict:
     saying running, completed or failed (with the error), so a failed job of a grid is on record
     while the others go on. Returns the metrics."""
     validate(cfg)  # before a process group, data or model is touched
-    state = PartialState(cpu=use_cpu(cfg))
+    state = PartialState(cpu=use_cpu(cfg), **process_group_settings())
     out_dir = shared_output_dir(state, out_dir)
     previous = finished_result(cfg, out_dir)
     if previous is not None:

@@ -107,15 +107,14 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
     # wrapper would step it once per process; it is registered so that checkpoints hold it.
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, steps)
     raw_optimizer = optimizer
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        # ZeRO steps the optimizer on its own flattened fp32 partitions, whose gradients exist only
-        # inside the engine's step; a curvature pass between steps would read none.
-        if curvature is not None:
-            raise ValueError("a separate curvature pass (optim.estimator=gnb|hutchinson) does not work under "
-                             "DeepSpeed ZeRO; use optim=soul_ref (curvature from the step's own gradient) or DDP/FSDP")
-        if cfg.grad_accum != 1:  # accelerate lets the engine step on every backward
-            raise ValueError(f"under DeepSpeed, accumulate in the engine: trainer.grad_accum must be 1 (got "
-                             f"{cfg.grad_accum}); set gradient_accumulation_steps in the DeepSpeed config instead")
+    # DeepSpeed's engine reduces, clips and steps the optimizer inside accelerator.backward, on its own
+    # flat fp32 partitions: what the step needs (Sophia's B, the non-finite check) is settled before the
+    # backward, and a curvature pass runs as an engine step of its own (CurvatureHook.run).
+    engine_steps_in_backward = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if engine_steps_in_backward:
+        configure_deepspeed(accelerator, cfg, curvature)
+        if hasattr(raw_optimizer, "partitioned"):
+            raw_optimizer.partitioned = True
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     rank = accelerator.process_index
@@ -155,26 +154,23 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
                     loss, terms = objective(model, batch)
                     # No early exit here: under DDP every process must reach the gradient all-reduce.
                     bad_losses += int(not torch.isfinite(loss))
+                    if engine_steps_in_backward:  # grad_accum is 1: this backward is the update
+                        bad_losses, label_tokens = _agree(accelerator, bad_losses, label_tokens)
+                        _stop_if_non_finite(bad_losses, None, totals["loss"] + loss.item(), step, checkpointer,
+                                            update_applied=False)
+                        if getattr(raw_optimizer, "bs_from_tokens", False):
+                            raw_optimizer.bs = label_tokens
                     accelerator.backward(loss / cfg.grad_accum)
                 totals["loss"] += loss.item() / cfg.grad_accum
                 for key, value in terms.items():
                     totals[key] = totals.get(key, 0.0) + value / cfg.grad_accum
+            # Under DeepSpeed this is the norm the engine measured (before its own clipping).
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
-            grad_norm = None if grad_norm is None else float(grad_norm)  # None: DeepSpeed clips inside the engine
-            if accelerator.num_processes > 1:
-                # One all-reduce per step: non-finite losses on any process (one decision for all of them)
-                # and the step's label tokens on all processes together (Sophia's B: the gradient is their
-                # average, so every process must take the same step).
-                counts = torch.tensor([bad_losses, label_tokens], device=accelerator.device)
-                counts = accelerator.reduce(counts, "sum")
-                bad_losses, label_tokens = (int(c) for c in counts.tolist())
-            bad_norm = grad_norm is not None and not math.isfinite(grad_norm)
-            if bad_losses > 0 or bad_norm:
-                what = f"loss {totals['loss']}" if bad_losses > 0 else f"gradient norm {grad_norm}"
-                raise FloatingPointError(
-                    f"non-finite {what} at step {step}: training stopped before this step's update; "
-                    f"{checkpointer.describe() if checkpointer else 'checkpointing is off'}. Lower the "
-                    f"learning rate or set trainer.max_grad_norm.")
+            grad_norm = None if grad_norm is None else float(grad_norm)
+            if not engine_steps_in_backward:
+                bad_losses, label_tokens = _agree(accelerator, bad_losses, label_tokens)
+            _stop_if_non_finite(bad_losses, grad_norm, totals["loss"], step, checkpointer,
+                                update_applied=engine_steps_in_backward)
             lr = scheduler.get_last_lr()[0]
             if getattr(raw_optimizer, "bs_from_tokens", False):
                 raw_optimizer.bs = label_tokens  # Sophia's B: the label tokens this step saw (all processes)
@@ -182,7 +178,8 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if curvature is not None and curvature.due(step):
-                curvature.run(model, raw_optimizer, batch, objective, cfg.max_grad_norm, clip=accelerator.clip_grad_norm_)
+                curvature.run(model, raw_optimizer, batch, objective, cfg.max_grad_norm, clip=accelerator.clip_grad_norm_,
+                              engine_backward=accelerator.backward if engine_steps_in_backward else None)
             record = {"step": step, "lr": lr, **totals, "grad_norm": grad_norm, "label_tokens": label_tokens,
                       "elapsed_s": time.perf_counter() - start}
             if curvature is not None:
@@ -209,6 +206,61 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
             "steps_per_second": (steps - first_step + 1) / elapsed if elapsed > 0 else float("inf"),
             "effective_batch": cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
             "processes": accelerator.num_processes, "resumed_from_step": first_step - 1, "ranks": ranks}
+
+
+def _agree(accelerator, bad_losses: int, label_tokens: int) -> tuple[int, int]:
+    """Sum over processes, in one all-reduce (none on a single process): non-finite losses (one
+    decision for all processes) and the step's label tokens (Sophia's B: the gradient is their
+    average, so every process must take the same step)."""
+    if accelerator.num_processes == 1:
+        return bad_losses, label_tokens
+    counts = accelerator.reduce(torch.tensor([bad_losses, label_tokens], device=accelerator.device), "sum")
+    bad, tokens = (int(c) for c in counts.tolist())
+    return bad, tokens
+
+
+def _stop_if_non_finite(bad_losses: int, grad_norm: float | None, loss: float, step: int, checkpointer,
+                        update_applied: bool) -> None:
+    bad_norm = grad_norm is not None and not math.isfinite(grad_norm)
+    if bad_losses == 0 and not bad_norm:
+        return
+    what = f"loss {loss}" if bad_losses > 0 else f"gradient norm {grad_norm}"
+    when = ("the engine (DeepSpeed) had already applied this step's update" if update_applied
+            else "training stopped before this step's update")
+    raise FloatingPointError(
+        f"non-finite {what} at step {step}: {when}; "
+        f"{checkpointer.describe() if checkpointer else 'checkpointing is off'}. Lower the "
+        f"learning rate or set trainer.max_grad_norm.")
+
+
+def configure_deepspeed(accelerator, cfg: DictConfig, curvature: CurvatureHook | None) -> None:
+    """Fill in what accelerate's DeepSpeed config cannot know (soul hands ``prepare`` no dataloader)
+    and refuse what the engine cannot do. One micro-batch per engine step: soul's loop, not the
+    engine, counts steps, schedules the learning rate and runs curvature passes."""
+    if curvature is not None and curvature.estimator != "gnb":
+        raise ValueError(f"optim.estimator={curvature.estimator} needs a double backward, which DeepSpeed's "
+                         "engine does not run; use optim=sophia (estimator=gnb) or DDP/FSDP")
+    if cfg.grad_accum != 1:
+        raise ValueError(f"under DeepSpeed, trainer.grad_accum must be 1 (got {cfg.grad_accum}): the engine "
+                         "steps on every backward; raise trainer.batch_size or the number of processes instead")
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    if ds.get("zero_optimization", {}).get("stage") == 3:
+        raise ValueError("DeepSpeed ZeRO-3 is not supported: it partitions the weights themselves, and soul's "
+                         "learning-rate schedule and evaluation (on one process, on the whole model) need them "
+                         "whole; use ZeRO-2 (conf/accelerate/deepspeed_zero2.yaml) or FSDP")
+    if ds.get("gradient_accumulation_steps", "auto") not in ("auto", 1):
+        raise ValueError(f"DeepSpeed config: gradient_accumulation_steps={ds['gradient_accumulation_steps']} must be "
+                         "1 (or auto): soul steps the engine once per micro-batch")
+    clipping = cfg.max_grad_norm or 0.0
+    if ds.get("gradient_clipping", "auto") not in ("auto", clipping):
+        raise ValueError(f"DeepSpeed config: gradient_clipping={ds['gradient_clipping']} differs from "
+                         f"trainer.max_grad_norm={cfg.max_grad_norm}; set one to the other (every optimizer "
+                         "must be clipped alike)")
+    ds.update({"gradient_accumulation_steps": 1, "gradient_clipping": clipping,
+               "train_micro_batch_size_per_gpu": cfg.batch_size,
+               "train_batch_size": cfg.batch_size * accelerator.num_processes,
+               # ZeRO only vouches for its own optimizers; soul's are plain torch.optim.Optimizers.
+               "zero_allow_untested_optimizer": True})
 
 
 def _truncate_log(log_path: Path, last_step: int) -> None:

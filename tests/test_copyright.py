@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO, run_soul
+from conftest import REPO, run_in_process
 from soul.data import copyright as book
 from soul.data.book_mini import generate_book, write_zero_shot_items
 from soul.data.qa import PromptTemplate
@@ -115,7 +115,7 @@ def test_zero_shot_stand_in_is_arc_easy(tmp_path):
 
 
 def test_copyright_runs_end_to_end(cache_dir, tmp_path):
-    run_soul(*SMALL_COPYRIGHT, "optim=sophia", f"hydra.run.dir={tmp_path}", cache=cache_dir)
+    run_in_process(*SMALL_COPYRIGHT, "optim=sophia", out_dir=tmp_path, cache=cache_dir)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for template_set in ("seen", "unseen"):
         for k in (20, 40):

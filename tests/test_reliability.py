@@ -4,6 +4,7 @@ SIGKILL, and two processes under ``accelerate launch``."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,45 +203,87 @@ def test_a_killed_run_resumes_to_the_same_result(cache_dir, tmp_path):
 
 # ------------------------------------------------------------------------------- two processes
 
-def test_two_processes_under_accelerate_launch(cache_dir, tmp_path):
-    """DDP over gloo on the CPU: both ranks train on different pairs, weights stay in step, one
-    process writes the results, into one run directory, and both resume from a checkpoint together."""
-    outputs = tmp_path / "outputs"
-    # accelerate's --cpu launcher starts several processes only through MPI; --multi_gpu with no GPU
-    # visible starts them through torchrun, and they meet over gloo on the CPU.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "soul.run", *SMALL, "optim=sophia",
-           "trainer.max_steps=12", "checkpoint.every=10", "checkpoint.keep=true", f"paths.output_dir={outputs}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=soul_env(cache_dir), capture_output=True, text=True, timeout=600)
+TWO_PROCESS_RUN = [*SMALL, "optim=sophia", "trainer.grad_accum=1", "trainer.max_steps=12", "checkpoint.every=10",
+                   "checkpoint.keep=true"]
+
+
+def launch(launcher_args: list[str], program: list[str], outputs: Path, cache: Path, **env: str):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *program, *TWO_PROCESS_RUN,
+           f"paths.output_dir={outputs}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=soul_env(cache, **env), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = [p for p in (outputs / "runs").iterdir()]
     assert len(runs) == 1, runs  # process 1 wrote into process 0's directory
-    run_dir = runs[0]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["processes"] == 2 and metrics["effective_batch"] == 2 * 2 * 2
-    ranks = json.loads((run_dir / "ranks.json").read_text())
+    return cmd, proc, runs[0]
+
+
+def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    return (json.loads((run_dir / "metrics.json").read_text()), json.loads((run_dir / "ranks.json").read_text()), log)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(cache_dir, tmp_path_factory):
+    """Two processes, DDP over gloo on the CPU. accelerate's --cpu launcher starts several processes
+    only through MPI; --multi_gpu with no GPU visible starts them through torchrun."""
+    return launch(["--multi_gpu"], ["-m", "soul.run"], tmp_path_factory.mktemp("ddp"), cache_dir)
+
+
+def test_two_processes_under_accelerate_launch(ddp_run, cache_dir):
+    """Both ranks train on different pairs, weights stay in step, one process writes the results,
+    into one run directory, and both resume from a checkpoint together."""
+    cmd, proc, run_dir = ddp_run
+    metrics, ranks, log = read_run(run_dir)
+    assert metrics["processes"] == 2 and metrics["effective_batch"] == 2 * 1 * 2
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["steps"] == 12 for r in ranks)
     assert ranks[0]["forget_batches"] != ranks[1]["forget_batches"]  # a generator per rank
     # DDP keeps the weights in step, Sophia's curvature pass (step 10) and its token count B included.
     assert ranks[0]["param_checksum"] == pytest.approx(ranks[1]["param_checksum"], rel=1e-9)
-    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 12 and log[-1]["curvature_passes"] == 1  # logged once, not per process
     assert proc.stdout.count("run directory:") == 1  # one summary
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
 
     # Both processes resume from the step-10 checkpoint and end where the uninterrupted run did.
-    (run_dir / "status.json").unlink()  # as if killed after the checkpoint
-    proc = subprocess.run([*cmd, "resume=true", f"hydra.run.dir={run_dir}"], cwd=REPO, env=soul_env(cache_dir),
+    # (A copy of the run directory, so that the DeepSpeed test below still reads the uninterrupted run.)
+    resumed_dir = run_dir.with_name(run_dir.name + "-resumed")
+    shutil.copytree(run_dir, resumed_dir)
+    (resumed_dir / "status.json").unlink()  # as if killed after the checkpoint
+    proc = subprocess.run([*cmd, "resume=true", f"hydra.run.dir={resumed_dir}"], cwd=REPO, env=soul_env(cache_dir),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    resumed = json.loads((run_dir / "metrics.json").read_text())
+    resumed = json.loads((resumed_dir / "metrics.json").read_text())
     assert resumed["resumed_from_step"] == 10
     assert resumed["forget_quality"] == pytest.approx(metrics["forget_quality"], rel=1e-6)
     assert resumed["model_utility"] == pytest.approx(metrics["model_utility"], rel=1e-6)
-    again = json.loads((run_dir / "ranks.json").read_text())
+    again = json.loads((resumed_dir / "ranks.json").read_text())
     assert [r["steps"] for r in again] == [2, 2]
     assert again[0]["param_checksum"] == again[1]["param_checksum"] == pytest.approx(ranks[0]["param_checksum"],
                                                                                        rel=1e-9)
+
+
+def test_sophia_under_deepspeed_zero2_matches_ddp(ddp_run, cache_dir, tmp_path):
+    """accelerate's DeepSpeed ZeRO-2 launch (conf/accelerate/deepspeed_zero2.yaml) on two CPU processes:
+    the engine steps Sophia on its flat fp32 partitions and runs the GNB curvature pass as an engine
+    step of its own; the run ends where the DDP run with the same settings does."""
+    pytest.importorskip("deepspeed")
+    config = REPO / "conf" / "accelerate" / "deepspeed_zero2.yaml"
+    _, proc, run_dir = launch(["--config_file", str(config)], [str(Path(__file__).parent / "deepspeed_entry.py")],
+                              tmp_path / "outputs", cache_dir, DS_ACCELERATOR="cpu")
+    assert (run_dir / "checkpoint" / "pytorch_model").is_dir()  # DeepSpeed's own checkpoint: the engine ran
+    metrics, ranks, log = read_run(run_dir)
+    ddp_metrics, ddp_ranks, ddp_log = read_run(ddp_run[2])
+    assert metrics["processes"] == 2 and [r["forget_batches"] for r in ranks] == [r["forget_batches"] for r in ddp_ranks]
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # ZeRO-2 keeps whole weights on every process
+    assert ranks[0]["param_checksum"] == pytest.approx(ddp_ranks[0]["param_checksum"], rel=1e-6)
+    assert [x["loss"] for x in log] == pytest.approx([x["loss"] for x in ddp_log], rel=1e-5, abs=1e-6)
+    assert log[-1]["curvature_passes"] == 1
+    # Diagnostics are totals over both processes' partitions, as DDP's are over whole tensors.
+    for key in ("clip_fraction", "hessian_norm", "mean_update_over_lr"):
+        assert log[-1][key] == pytest.approx(ddp_log[-1][key], rel=1e-4), key
+    assert log[-1]["hessian_norm"] > 0
+    for key in ("forget_quality", "model_utility"):
+        assert metrics[key] == pytest.approx(ddp_metrics[key], rel=1e-4)
 
 
 # ------------------------------------------------------------------------------- LoRA, precision

@@ -7,7 +7,7 @@ import json
 
 import datasets
 import pytest
-from conftest import REPO, run_soul
+from conftest import REPO, run_in_process
 from hydra import compose, initialize_config_dir
 
 import soul.run  # noqa: F401  (config resolvers)
@@ -156,7 +156,7 @@ def test_stand_in_prompts_are_lm_evals():
 
 
 def test_wmdp_runs_end_to_end(cache_dir, tmp_path):
-    run_soul(*SMALL_WMDP, "optim=sophia", f"hydra.run.dir={tmp_path}", cache=cache_dir)
+    run_in_process(*SMALL_WMDP, "optim=sophia", out_dir=tmp_path, cache=cache_dir)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("wmdp_bio_acc", "wmdp_cyber_acc", "mmlu_acc"):
         assert 0.0 <= metrics[key] <= 1.0

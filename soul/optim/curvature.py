@@ -26,16 +26,21 @@ from soul.data.qa import IGNORE_INDEX
 ESTIMATORS = ("gnb", "hutchinson")
 
 
-def sampled_label_backward(model, batch: dict, generator: torch.Generator) -> None:
-    """GNB: backward of the mean cross-entropy on labels sampled from the model's own output
-    distribution, at the labelled (answer) positions of ``batch``."""
+def sampled_label_loss(model, batch: dict, generator: torch.Generator) -> torch.Tensor:
+    """GNB: the mean cross-entropy on labels sampled from the model's own output distribution, at
+    the labelled (answer) positions of ``batch``."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     positions = batch["labels"][:, 1:] != IGNORE_INDEX
     flat = logits[:, :-1][positions]
     with torch.no_grad():
         probs = torch.softmax(flat.float(), dim=-1).cpu()
         sampled = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(flat.device)
-    F.cross_entropy(flat.float(), sampled).backward()
+    return F.cross_entropy(flat.float(), sampled)
+
+
+def sampled_label_backward(model, batch: dict, generator: torch.Generator) -> None:
+    """Backward of ``sampled_label_loss``."""
+    sampled_label_loss(model, batch, generator).backward()
 
 
 def _concat(forget: dict, retain: dict | None) -> dict:
@@ -74,9 +79,23 @@ class CurvatureHook:
         """True after optimizer steps interval, 2*interval, ... (1-based)."""
         return step % self.interval == 0
 
-    def run(self, model, optimizer, batch: dict, objective, max_grad_norm: float | None, clip=None) -> None:
+    def run(self, model, optimizer, batch: dict, objective, max_grad_norm: float | None, clip=None,
+            engine_backward=None) -> None:
         """One curvature estimate from ``batch`` folded into ``optimizer``'s curvature EMA. ``clip``:
-        the loop's gradient clipping (accelerate's, which knows about sharded parameters)."""
+        the loop's gradient clipping (accelerate's, which knows about sharded parameters).
+        ``engine_backward``: the backward of an engine that reduces, clips and steps the optimizer
+        itself (DeepSpeed ZeRO, whose gradients exist only on its flat partitions inside that step):
+        the GNB pass then runs as one engine step in which ``optimizer.step()`` only updates curvature."""
+        if engine_backward is not None:
+            if self.estimator != "gnb":  # the loop refuses this earlier, with advice (configure_deepspeed)
+                raise ValueError(f"optim.estimator={self.estimator}: only gnb runs through an engine's backward")
+            optimizer.zero_grad(set_to_none=True)
+            with optimizer.curvature_only():
+                engine_backward(sampled_label_loss(model, _concat(batch["forget"], batch.get("retain")),
+                                                   self.generator))
+            optimizer.zero_grad(set_to_none=True)
+            self.passes += 1
+            return
         optimizer.zero_grad(set_to_none=True)
         params = [p for p in model.parameters() if p.requires_grad]
         if self.estimator == "gnb":

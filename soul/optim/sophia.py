@@ -27,6 +27,8 @@ coordinates, at a fixed stride (``diagnostics_stride``, 1 = exact) for larger on
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
@@ -70,6 +72,12 @@ class SophiaG(torch.optim.Optimizer):
         self.diagnostics_stride = diagnostics_stride
         self._diag: dict[str, torch.Tensor] = {}
         self._hessian_norm: float | None = None
+        self._curvature_only = False
+        # Set when an engine hands step() this process's partition of flat parameters (DeepSpeed ZeRO-2):
+        # diagnostics then sum over processes, as for FSDP's sharded parameters, and add up the step()
+        # calls of one engine step (DeepSpeed calls it once per parameter group) until diagnostics() reads them.
+        self.partitioned = False
+        self._diag_parts: list[dict] = []
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)
@@ -103,6 +111,16 @@ class SophiaG(torch.optim.Optimizer):
             torch._foreach_addcmul_(hessians, grads, grads, value=1 - beta2)
         self._hessian_norm = None  # recomputed on the next diagnostics() call
 
+    @contextlib.contextmanager
+    def curvature_only(self):
+        """While open, ``step()`` folds the gradient into the curvature EMA and moves no weight: the
+        curvature pass of an engine that calls ``step()`` itself after every backward (DeepSpeed)."""
+        self._curvature_only = True
+        try:
+            yield self
+        finally:
+            self._curvature_only = False
+
     @torch.no_grad()
     def update_exp_avg(self) -> None:
         """``m <- beta1 * m + (1 - beta1) * grad``: the extra momentum update of SOUL's code."""
@@ -121,6 +139,9 @@ class SophiaG(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._curvature_only:
+            self.update_hessian()
+            return loss
         bs = self.bs if bs is None else bs
         if self.hessian_in_step:
             self.update_hessian()
@@ -165,8 +186,12 @@ class SophiaG(torch.optim.Optimizer):
                 numel += sum(u.numel() for u in update)
             del update
         if self.track_diagnostics and numel:
-            self._diag = {"clipped": torch.stack(clipped).sum(), "abs_update": torch.stack(sums).sum(),
-                          "numel": numel, "sharded": sharded}
+            diag = {"clipped": torch.stack(clipped).sum(), "abs_update": torch.stack(sums).sum(),
+                    "numel": numel, "sharded": sharded or self.partitioned}
+            if self.partitioned:
+                self._diag_parts.append(diag)
+            else:
+                self._diag = diag
         return loss
 
     @torch.no_grad()
@@ -174,6 +199,10 @@ class SophiaG(torch.optim.Optimizer):
         """Fraction of clipped coordinates (Sophia's win rate is its complement), mean
         |delta theta| / lr of the last step (decay excluded), and the curvature EMA's norm.
         The first two are measured on the sampled coordinates (see ``diagnostics_stride``)."""
+        if self._diag_parts:
+            parts, self._diag_parts = self._diag_parts, []
+            self._diag = {key: sum(part[key] for part in parts) for key in ("clipped", "abs_update", "numel")}
+            self._diag["sharded"] = True
         if not self._diag:
             return {}
         d = self._diag
