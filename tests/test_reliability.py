@@ -265,11 +265,12 @@ def test_two_processes_under_accelerate_launch(ddp_run, cache_dir):
 def test_sophia_under_deepspeed_zero2_matches_ddp(ddp_run, cache_dir, tmp_path):
     """accelerate's DeepSpeed ZeRO-2 launch (conf/accelerate/deepspeed_zero2.yaml) on two CPU processes:
     the engine steps Sophia on its flat fp32 partitions and runs the GNB curvature pass as an engine
-    step of its own; the run ends where the DDP run with the same settings does."""
+    step of its own; the run ends where the DDP run with the same settings does, and a resumed run
+    where the uninterrupted one does."""
     pytest.importorskip("deepspeed")
     config = REPO / "conf" / "accelerate" / "deepspeed_zero2.yaml"
-    _, proc, run_dir = launch(["--config_file", str(config)], [str(Path(__file__).parent / "deepspeed_entry.py")],
-                              tmp_path / "outputs", cache_dir, DS_ACCELERATOR="cpu")
+    cmd, proc, run_dir = launch(["--config_file", str(config)], [str(Path(__file__).parent / "deepspeed_entry.py")],
+                                tmp_path / "outputs", cache_dir, DS_ACCELERATOR="cpu")
     assert (run_dir / "checkpoint" / "pytorch_model").is_dir()  # DeepSpeed's own checkpoint: the engine ran
     metrics, ranks, log = read_run(run_dir)
     ddp_metrics, ddp_ranks, ddp_log = read_run(ddp_run[2])
@@ -284,6 +285,20 @@ def test_sophia_under_deepspeed_zero2_matches_ddp(ddp_run, cache_dir, tmp_path):
     assert log[-1]["hessian_norm"] > 0
     for key in ("forget_quality", "model_utility"):
         assert metrics[key] == pytest.approx(ddp_metrics[key], rel=1e-4)
+
+    # Resumed from DeepSpeed's own step-10 checkpoint (Sophia's curvature EMA on the partitions
+    # included), both processes end where the uninterrupted run did.
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(run_dir, resumed_dir)
+    (resumed_dir / "status.json").unlink()
+    proc = subprocess.run([*cmd, "resume=true", f"hydra.run.dir={resumed_dir}"], cwd=REPO,
+                          env=soul_env(cache_dir, DS_ACCELERATOR="cpu"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    resumed, resumed_ranks, resumed_log = read_run(resumed_dir)
+    assert resumed["resumed_from_step"] == 10 and [r["steps"] for r in resumed_ranks] == [2, 2]
+    assert [r["param_checksum"] for r in resumed_ranks] == pytest.approx([r["param_checksum"] for r in ranks], rel=1e-9)
+    assert [x["loss"] for x in resumed_log] == pytest.approx([x["loss"] for x in log], rel=1e-6)
+    assert resumed_log[-1]["clip_fraction"] == pytest.approx(log[-1]["clip_fraction"], rel=1e-9)
 
 
 # ------------------------------------------------------------------------------- LoRA, precision
