@@ -4,12 +4,14 @@ SIGKILL, and two processes under ``accelerate launch``."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,8 +25,9 @@ from soul.config_check import config_problems, validate
 from soul.data.qa import PromptTemplate
 from soul.models import build_tiny_llama
 from soul.objectives import build_objective, nll
+from soul.optim import CurvatureHook
 from soul.tokenizer import train_bpe_tokenizer
-from soul.unlearn import unlearn
+from soul.unlearn import configure_deepspeed, unlearn
 
 
 def composed(*overrides):
@@ -299,6 +302,43 @@ def test_sophia_under_deepspeed_zero2_matches_ddp(ddp_run, cache_dir, tmp_path):
     assert [r["param_checksum"] for r in resumed_ranks] == pytest.approx([r["param_checksum"] for r in ranks], rel=1e-9)
     assert [x["loss"] for x in resumed_log] == pytest.approx([x["loss"] for x in log], rel=1e-6)
     assert resumed_log[-1]["clip_fraction"] == pytest.approx(log[-1]["clip_fraction"], rel=1e-9)
+
+
+def fake_deepspeed_accelerator(config: dict, processes: int = 2):
+    plugin = SimpleNamespace(deepspeed_config=config)
+    return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), num_processes=processes)
+
+
+def test_deepspeed_config_is_filled_in_and_checked():
+    trainer = OmegaConf.create({"batch_size": 3, "grad_accum": 1, "max_grad_norm": 1.0})
+    config = {"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 1, "gradient_clipping": "auto"}
+    configure_deepspeed(fake_deepspeed_accelerator(config), trainer, CurvatureHook("gnb"))
+    assert config["train_micro_batch_size_per_gpu"] == 3 and config["train_batch_size"] == 6
+    assert config["gradient_clipping"] == 1.0 and config["zero_allow_untested_optimizer"] is True
+    refused = [
+        ({}, {"grad_accum": 2}, None, "trainer.grad_accum must be 1 (got 2)"),
+        ({"gradient_accumulation_steps": 4}, {}, None, "gradient_accumulation_steps=4 must be 1"),
+        ({"gradient_clipping": 0.5}, {}, None, "gradient_clipping=0.5 differs from trainer.max_grad_norm=1.0"),
+        ({"zero_optimization": {"stage": 3}}, {}, None, "ZeRO-3 is not supported"),
+        ({}, {}, CurvatureHook("hutchinson"), "optim.estimator=hutchinson needs a double backward"),
+    ]
+    for config_change, trainer_change, curvature, message in refused:
+        config = {"zero_optimization": {"stage": 2}, **config_change}
+        with pytest.raises(ValueError, match=re.escape(message)):
+            configure_deepspeed(fake_deepspeed_accelerator(config), OmegaConf.merge(trainer, trainer_change), curvature)
+
+
+def test_a_deepspeed_launch_without_gpus_is_not_turned_into_a_cpu_run(monkeypatch):
+    """accelerate's cpu flag would quietly replace DeepSpeed with plain DDP; without GPUs the processes
+    meet over gloo instead."""
+    from soul.run import process_group_settings, use_cpu
+
+    cfg = OmegaConf.create({"device": "auto"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    assert use_cpu(cfg) and process_group_settings() == {}
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert not use_cpu(cfg) and process_group_settings() == {"backend": "gloo"}
 
 
 # ------------------------------------------------------------------------------- LoRA, precision

@@ -297,3 +297,48 @@ def test_strided_diagnostics_weight_each_tensor_by_its_size():
     d = opt.diagnostics()
     assert d["clip_fraction"] == pytest.approx(400_000 / 400_100, rel=1e-6)
     assert d["mean_update_over_lr"] == pytest.approx((400_000 + 50) / 400_100, rel=1e-6)
+
+
+def test_a_curvature_only_step_updates_the_curvature_and_moves_no_weight():
+    """What an engine that calls step() after every backward (DeepSpeed) gets during a curvature pass."""
+    p = make_param([1.0, -1.0])
+    opt = SophiaG([p], lr=0.1, betas=(0.9, 0.95), weight_decay=0.1)
+    reference = SophiaG([make_param([1.0, -1.0])], lr=0.1, betas=(0.9, 0.95), weight_decay=0.1)
+    set_grad(p, [2.0, -3.0])
+    with opt.curvature_only():
+        opt.step()
+    q = reference.param_groups[0]["params"][0]
+    set_grad(q, [2.0, -3.0])
+    reference.update_hessian()
+    assert torch.equal(p.detach(), torch.tensor([1.0, -1.0]))  # no update, no weight decay
+    assert torch.equal(opt.state[p]["hessian"], reference.state[q]["hessian"])
+    assert torch.equal(opt.state[p]["exp_avg"], torch.zeros(2))  # the momentum never saw it
+    set_grad(p, [0.5, 0.5])
+    opt.step()  # outside the context: an ordinary update again
+    assert not torch.equal(p.detach(), torch.tensor([1.0, -1.0]))
+
+
+def test_partitioned_diagnostics_add_up_the_step_calls_of_one_engine_step():
+    """DeepSpeed calls step() once per parameter group; the logged figures must cover all of them,
+    as one step() over every group does."""
+    def run(partitioned: bool):
+        big, small = torch.nn.Parameter(torch.zeros(300)), torch.nn.Parameter(torch.zeros(100))
+        opt = SophiaG([{"params": [big]}, {"params": [small]}], lr=1.0, betas=(0.0, 0.0), rho=1.0, weight_decay=0.0)
+        big.grad, small.grad = torch.ones(300), torch.ones(100)
+        opt.update_hessian()
+        big.grad, small.grad = torch.full((300,), 5.0), torch.full((100,), 0.5)
+        if partitioned:
+            opt.partitioned = True
+            groups = opt.param_groups
+            for group in groups:  # as the engine does: one group at a time
+                opt.param_groups = [group]
+                opt.step(bs=1)
+            opt.param_groups = groups
+        else:
+            opt.step(bs=1)
+        return opt.diagnostics()
+
+    whole, by_group = run(False), run(True)
+    assert whole["clip_fraction"] == pytest.approx(300 / 400)
+    for key in ("clip_fraction", "mean_update_over_lr", "hessian_norm"):
+        assert by_group[key] == pytest.approx(whole[key], rel=1e-6), key
