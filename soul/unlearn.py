@@ -245,9 +245,10 @@ def configure_deepspeed(accelerator, cfg: DictConfig, curvature: CurvatureHook |
                          "steps on every backward; raise trainer.batch_size or the number of processes instead")
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
     if ds.get("zero_optimization", {}).get("stage") == 3:
-        raise ValueError("DeepSpeed ZeRO-3 is not supported: it partitions the weights themselves, and soul's "
-                         "learning-rate schedule and evaluation (on one process, on the whole model) need them "
-                         "whole; use ZeRO-2 (conf/accelerate/deepspeed_zero2.yaml) or FSDP")
+        raise ValueError("DeepSpeed ZeRO-3 is not supported: it partitions the weights themselves (transformers "
+                         "then builds the model already partitioned), and soul's weight-decay groups, reference "
+                         "model and one-process evaluation need them whole; use ZeRO-2 "
+                         "(conf/accelerate/deepspeed_zero2.yaml) or FSDP")
     if ds.get("gradient_accumulation_steps", "auto") not in ("auto", 1):
         raise ValueError(f"DeepSpeed config: gradient_accumulation_steps={ds['gradient_accumulation_steps']} must be "
                          "1 (or auto): soul steps the engine once per micro-batch")
