@@ -21,7 +21,7 @@ from pathlib import Path
 import hydra
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list, set_seed
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,7 +35,7 @@ from soul.objectives import build_objective, get_objective
 from soul.optim import build_optimizer
 from soul.report_table import summary_table
 from soul.tasks import build_task
-from soul.unlearn import unlearn
+from soul.unlearn import check_deepspeed, unlearn
 
 log = logging.getLogger("soul")
 
@@ -119,6 +119,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     accelerator = Accelerator(cpu=use_cpu(cfg),
                               mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.device),
                               kwargs_handlers=[InitProcessGroupKwargs(**process_group_settings())])
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # refused at once, not after the model is built
+        check_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, cfg.trainer, cfg.optim)
     tracker = build_logger(cfg, out_dir) if accelerator.is_main_process else RunLogger()
     try:
         metrics = _run(cfg, out_dir, accelerator, tracker)

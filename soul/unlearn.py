@@ -112,7 +112,7 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
     # backward, and a curvature pass runs as an engine step of its own (CurvatureHook.run).
     engine_steps_in_backward = accelerator.distributed_type == DistributedType.DEEPSPEED
     if engine_steps_in_backward:
-        configure_deepspeed(accelerator, cfg, curvature)
+        configure_deepspeed(accelerator, cfg)  # soul.run has refused what cannot run (check_deepspeed)
         if hasattr(raw_optimizer, "partitioned"):
             raw_optimizer.partitioned = True
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -233,17 +233,18 @@ def _stop_if_non_finite(bad_losses: int, grad_norm: float | None, loss: float, s
         f"learning rate or set trainer.max_grad_norm.")
 
 
-def configure_deepspeed(accelerator, cfg: DictConfig, curvature: CurvatureHook | None) -> None:
-    """Fill in what accelerate's DeepSpeed config cannot know (soul hands ``prepare`` no dataloader)
-    and refuse what the engine cannot do. One micro-batch per engine step: soul's loop, not the
-    engine, counts steps, schedules the learning rate and runs curvature passes."""
-    if curvature is not None and curvature.estimator != "gnb":
-        raise ValueError(f"optim.estimator={curvature.estimator} needs a double backward, which DeepSpeed's "
-                         "engine does not run; use optim=sophia (estimator=gnb) or DDP/FSDP")
-    if cfg.grad_accum != 1:
-        raise ValueError(f"under DeepSpeed, trainer.grad_accum must be 1 (got {cfg.grad_accum}): the engine "
+def check_deepspeed(ds: dict, trainer: DictConfig, optim: DictConfig) -> None:
+    """Refuse, before any model is built, what soul cannot do under DeepSpeed (``ds``: the DeepSpeed
+    config)."""
+    if optim.name == "iu":
+        raise ValueError("optim=iu does not run under DeepSpeed: its one-shot step reads per-parameter gradients "
+                         "outside an engine step; use DDP/FSDP")
+    if optim.get("estimator") == "hutchinson":
+        raise ValueError("optim.estimator=hutchinson needs a double backward, which DeepSpeed's engine does not "
+                         "run; use optim=sophia (estimator=gnb) or DDP/FSDP")
+    if trainer.grad_accum != 1:
+        raise ValueError(f"under DeepSpeed, trainer.grad_accum must be 1 (got {trainer.grad_accum}): the engine "
                          "steps on every backward; raise trainer.batch_size or the number of processes instead")
-    ds = accelerator.state.deepspeed_plugin.deepspeed_config
     if ds.get("zero_optimization", {}).get("stage") == 3:
         raise ValueError("DeepSpeed ZeRO-3 is not supported: it partitions the weights themselves (transformers "
                          "then builds the model already partitioned), and soul's weight-decay groups, reference "
@@ -252,16 +253,22 @@ def configure_deepspeed(accelerator, cfg: DictConfig, curvature: CurvatureHook |
     if ds.get("gradient_accumulation_steps", "auto") not in ("auto", 1):
         raise ValueError(f"DeepSpeed config: gradient_accumulation_steps={ds['gradient_accumulation_steps']} must be "
                          "1 (or auto): soul steps the engine once per micro-batch")
-    clipping = cfg.max_grad_norm or 0.0
-    if ds.get("gradient_clipping", "auto") not in ("auto", clipping):
+    if ds.get("gradient_clipping", "auto") not in ("auto", trainer.max_grad_norm or 0.0):
         raise ValueError(f"DeepSpeed config: gradient_clipping={ds['gradient_clipping']} differs from "
-                         f"trainer.max_grad_norm={cfg.max_grad_norm}; set one to the other (every optimizer "
+                         f"trainer.max_grad_norm={trainer.max_grad_norm}; set one to the other (every optimizer "
                          "must be clipped alike)")
-    ds.update({"gradient_accumulation_steps": 1, "gradient_clipping": clipping,
-               "train_micro_batch_size_per_gpu": cfg.batch_size,
-               "train_batch_size": cfg.batch_size * accelerator.num_processes,
-               # ZeRO only vouches for its own optimizers; soul's are plain torch.optim.Optimizers.
-               "zero_allow_untested_optimizer": True})
+
+
+def configure_deepspeed(accelerator, trainer: DictConfig) -> None:
+    """Fill in what accelerate's DeepSpeed config cannot know (soul hands ``prepare`` no dataloader).
+    One micro-batch per engine step: soul's loop, not the engine, counts steps, schedules the
+    learning rate and runs curvature passes (``check_deepspeed`` has refused the rest)."""
+    accelerator.state.deepspeed_plugin.deepspeed_config.update({
+        "gradient_accumulation_steps": 1, "gradient_clipping": trainer.max_grad_norm or 0.0,
+        "train_micro_batch_size_per_gpu": trainer.batch_size,
+        "train_batch_size": trainer.batch_size * accelerator.num_processes,
+        # ZeRO only vouches for its own optimizers; soul's are plain torch.optim.Optimizers.
+        "zero_allow_untested_optimizer": True})
 
 
 def _truncate_log(log_path: Path, last_step: int) -> None:

@@ -25,9 +25,8 @@ from soul.config_check import config_problems, validate
 from soul.data.qa import PromptTemplate
 from soul.models import build_tiny_llama
 from soul.objectives import build_objective, nll
-from soul.optim import CurvatureHook
 from soul.tokenizer import train_bpe_tokenizer
-from soul.unlearn import configure_deepspeed, unlearn
+from soul.unlearn import check_deepspeed, configure_deepspeed, unlearn
 
 
 def composed(*overrides):
@@ -311,21 +310,26 @@ def fake_deepspeed_accelerator(config: dict, processes: int = 2):
 
 def test_deepspeed_config_is_filled_in_and_checked():
     trainer = OmegaConf.create({"batch_size": 3, "grad_accum": 1, "max_grad_norm": 1.0})
+    sophia = OmegaConf.create({"name": "sophia", "estimator": "gnb"})
     config = {"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 1, "gradient_clipping": "auto"}
-    configure_deepspeed(fake_deepspeed_accelerator(config), trainer, CurvatureHook("gnb"))
+    check_deepspeed(config, trainer, sophia)
+    configure_deepspeed(fake_deepspeed_accelerator(config), trainer)
     assert config["train_micro_batch_size_per_gpu"] == 3 and config["train_batch_size"] == 6
     assert config["gradient_clipping"] == 1.0 and config["zero_allow_untested_optimizer"] is True
     refused = [
-        ({}, {"grad_accum": 2}, None, "trainer.grad_accum must be 1 (got 2)"),
-        ({"gradient_accumulation_steps": 4}, {}, None, "gradient_accumulation_steps=4 must be 1"),
-        ({"gradient_clipping": 0.5}, {}, None, "gradient_clipping=0.5 differs from trainer.max_grad_norm=1.0"),
-        ({"zero_optimization": {"stage": 3}}, {}, None, "ZeRO-3 is not supported"),
-        ({}, {}, CurvatureHook("hutchinson"), "optim.estimator=hutchinson needs a double backward"),
+        ({}, {"grad_accum": 2}, sophia, "trainer.grad_accum must be 1 (got 2)"),
+        ({"gradient_accumulation_steps": 4}, {}, sophia, "gradient_accumulation_steps=4 must be 1"),
+        ({"gradient_clipping": 0.5}, {}, sophia, "gradient_clipping=0.5 differs from trainer.max_grad_norm=1.0"),
+        ({"zero_optimization": {"stage": 3}}, {}, sophia, "ZeRO-3 is not supported"),
+        ({}, {}, {"name": "sophia_h", "estimator": "hutchinson"}, "estimator=hutchinson needs a double backward"),
+        ({}, {}, {"name": "iu", "estimator": "fisher"}, "optim=iu does not run under DeepSpeed"),
     ]
-    for config_change, trainer_change, curvature, message in refused:
+    for config_change, trainer_change, optim, message in refused:
         config = {"zero_optimization": {"stage": 2}, **config_change}
         with pytest.raises(ValueError, match=re.escape(message)):
-            configure_deepspeed(fake_deepspeed_accelerator(config), OmegaConf.merge(trainer, trainer_change), curvature)
+            check_deepspeed(config, OmegaConf.merge(trainer, trainer_change), OmegaConf.create(optim))
+    for name in ("adamw", "soul_ref"):  # first-order and in-step curvature pass
+        check_deepspeed({"zero_optimization": {"stage": 2}}, trainer, OmegaConf.create({"name": name}))
 
 
 def test_a_deepspeed_launch_without_gpus_is_not_turned_into_a_cpu_run(monkeypatch):
