@@ -11,6 +11,7 @@ A run directory holds ``config.yaml`` (resolved), ``train_log.jsonl`` (one line 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -120,7 +121,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                               mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.device),
                               kwargs_handlers=[InitProcessGroupKwargs(**process_group_settings())])
     if accelerator.distributed_type == DistributedType.DEEPSPEED:  # refused at once, not after the model is built
-        check_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, cfg.trainer, cfg.optim)
+        check_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, cfg.trainer, cfg.optim, cfg.model.lora)
     tracker = build_logger(cfg, out_dir) if accelerator.is_main_process else RunLogger()
     try:
         metrics = _run(cfg, out_dir, accelerator, tracker)
@@ -143,23 +144,28 @@ def _run(cfg: DictConfig, out_dir: Path, accelerator: Accelerator, tracker: RunL
     task = build_task(cfg)
     # Builds and fine-tunes what is cached (data, tiny base models, a memorized book) on the main process
     # first; the others then find it. (transformers writes model files from process 0 only.)
-    with accelerator.main_process_first():
+    with accelerator.main_process_first(), whole_weights(accelerator):
         task.prepare(template)
     model_name = task.model_name()
     spec = get_objective(cfg.objective.name)  # an unknown name fails here, before any loading
 
-    model, tokenizer = load_pretrained(model_name, cfg.model.dtype, cfg.model.attn_implementation,
-                                       cfg.model.trust_remote_code)
+    def load():
+        with whole_weights(accelerator):
+            return load_pretrained(model_name, cfg.model.dtype, cfg.model.attn_implementation,
+                                   cfg.model.trust_remote_code)
+
+    model, tokenizer = load()
     model.to(accelerator.device)
     before = None
     if cfg.task.eval.baseline and accelerator.is_main_process:  # evaluation runs on one process
-        before = task.cached_evaluate(model_name, template, model, tokenizer)
+        with whole_weights(accelerator):
+            before = task.cached_evaluate(model_name, template, model, tokenizer)
     accelerator.wait_for_everyone()
     reference = task.reference_log(template)
 
     ref = None
     if spec.needs_reference:  # the frozen initial model, only for objectives that compare against it
-        ref, _ = load_pretrained(model_name, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
+        ref, _ = load()
         ref.to(accelerator.device).eval().requires_grad_(False)
     if cfg.model.lora:  # (with objective=rmu refused by the config check)
         model = apply_lora(model, **OmegaConf.to_container(cfg.model.lora_settings, resolve=True))
@@ -175,9 +181,19 @@ def _run(cfg: DictConfig, out_dir: Path, accelerator: Accelerator, tracker: RunL
                     optimizer, cfg.trainer, accelerator, cfg.seed, out_dir / "train_log.jsonl", curvature,
                     on_step=tracker.log_step, checkpointer=checkpointer, resume=cfg.resume)
     ranks = train.pop("ranks", None)
+    if zero3(accelerator):  # every process joins the gather; process 0 gets a whole copy to evaluate
+        model = gathered_copy(accelerator, model, load)
 
     if not accelerator.is_main_process:
         return {}
+    # One process evaluates: outside ZeRO-3's state, so generate() does not wait for the others.
+    with whole_weights(accelerator):
+        return _evaluate_and_write(cfg, out_dir, accelerator, task, template, model, tokenizer, model_name,
+                                   train, ranks, before, reference, checkpointer, started)
+
+
+def _evaluate_and_write(cfg, out_dir, accelerator, task, template, model, tokenizer, model_name, train, ranks,
+                        before, reference, checkpointer, started) -> dict:
     if ranks is not None:
         write_json(out_dir / "ranks.json", ranks)
     model = merge_lora(accelerator.unwrap_model(model))  # with model.lora: adapters folded in, a plain model again
@@ -208,6 +224,50 @@ def _run(cfg: DictConfig, out_dir: Path, accelerator: Accelerator, tracker: RunL
                         f"seed={cfg.seed} | {train['steps']} steps in {train['train_seconds']:.1f}s",
                         columns, out_dir))
     return metrics
+
+
+def zero3(accelerator: Accelerator) -> bool:
+    """True under DeepSpeed ZeRO-3, which partitions the weights themselves across processes."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
+@contextlib.contextmanager
+def whole_weights(accelerator: Accelerator):
+    """Models built inside are whole, also under ZeRO-3, where accelerate otherwise has transformers
+    build them already partitioned (``zero.Init``): soul groups weights for weight decay by shape,
+    and the reference model and evaluation run outside the engine. The engine partitions the model
+    it is handed in ``prepare``."""
+    if not zero3(accelerator):
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        accelerator.state.deepspeed_plugin.set_deepspeed_weakref()
+
+
+def gathered_copy(accelerator: Accelerator, model, load):
+    """ZeRO-3: gather the trained weights, parameter by parameter (every process takes part), into a
+    whole model on process 0 (``load`` builds one); None on the other processes."""
+    import deepspeed
+
+    weights = {}
+    for name, p in accelerator.unwrap_model(model).named_parameters():
+        with deepspeed.zero.GatheredParameters([p]):
+            if accelerator.is_main_process:
+                weights[name] = p.detach().to("cpu", copy=True)
+    if not accelerator.is_main_process:
+        return None
+    whole, _ = load()
+    missing, unexpected = whole.load_state_dict(weights, strict=False)
+    tied = {"lm_head.weight"} if whole.config.tie_word_embeddings else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"ZeRO-3 gather: weights missing {sorted(set(missing) - tied)}, unexpected {unexpected}")
+    return whole.to(accelerator.device)
 
 
 def use_cpu(cfg: DictConfig) -> bool:

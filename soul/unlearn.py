@@ -199,7 +199,14 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
     model.eval()
     elapsed = time.perf_counter() - start
     # What each process did, for the record: its batches, and a weight checksum (equal across DDP ranks).
-    checksum = float(sum(p.detach().double().sum() for p in accelerator.unwrap_model(model).parameters()))
+    params = list(accelerator.unwrap_model(model).parameters())
+    gathered = contextlib.nullcontext()
+    if engine_steps_in_backward and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(params)  # ZeRO-3: each process holds a slice of every weight
+    with gathered:
+        checksum = float(sum(p.detach().double().sum() for p in params))
     ranks = gather_object([{"rank": rank, "steps": steps - first_step + 1, "forget_batches": drawn_forget,
                             "param_checksum": checksum}])
     return {"steps": steps, "warmup_steps": warmup, "train_seconds": elapsed,
@@ -233,9 +240,9 @@ def _stop_if_non_finite(bad_losses: int, grad_norm: float | None, loss: float, s
         f"learning rate or set trainer.max_grad_norm.")
 
 
-def check_deepspeed(ds: dict, trainer: DictConfig, optim: DictConfig) -> None:
+def check_deepspeed(ds: dict, trainer: DictConfig, optim: DictConfig, lora: bool = False) -> None:
     """Refuse, before any model is built, what soul cannot do under DeepSpeed (``ds``: the DeepSpeed
-    config)."""
+    config; ``lora``: model.lora)."""
     if optim.name == "iu":
         raise ValueError("optim=iu does not run under DeepSpeed: its one-shot step reads per-parameter gradients "
                          "outside an engine step; use DDP/FSDP")
@@ -245,11 +252,9 @@ def check_deepspeed(ds: dict, trainer: DictConfig, optim: DictConfig) -> None:
     if trainer.grad_accum != 1:
         raise ValueError(f"under DeepSpeed, trainer.grad_accum must be 1 (got {trainer.grad_accum}): the engine "
                          "steps on every backward; raise trainer.batch_size or the number of processes instead")
-    if ds.get("zero_optimization", {}).get("stage") == 3:
-        raise ValueError("DeepSpeed ZeRO-3 is not supported: it partitions the weights themselves (transformers "
-                         "then builds the model already partitioned), and soul's weight-decay groups, reference "
-                         "model and one-process evaluation need them whole; use ZeRO-2 "
-                         "(conf/accelerate/deepspeed_zero2.yaml) or FSDP")
+    if ds.get("zero_optimization", {}).get("stage") == 3 and lora:
+        raise ValueError("model.lora=true does not run under DeepSpeed ZeRO-3: soul gathers the partitioned "
+                         "weights into a plain model to evaluate it; use ZeRO-2 or FSDP for LoRA")
     if ds.get("gradient_accumulation_steps", "auto") not in ("auto", 1):
         raise ValueError(f"DeepSpeed config: gradient_accumulation_steps={ds['gradient_accumulation_steps']} must be "
                          "1 (or auto): soul steps the engine once per micro-batch")

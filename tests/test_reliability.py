@@ -264,20 +264,21 @@ def test_two_processes_under_accelerate_launch(ddp_run, cache_dir):
                                                                                        rel=1e-9)
 
 
-def test_sophia_under_deepspeed_zero2_matches_ddp(ddp_run, cache_dir, tmp_path):
-    """accelerate's DeepSpeed ZeRO-2 launch (conf/accelerate/deepspeed_zero2.yaml) on two CPU processes:
+@pytest.mark.parametrize("stage", [2, 3])
+def test_sophia_under_deepspeed_matches_ddp(stage, ddp_run, cache_dir, tmp_path):
+    """accelerate's DeepSpeed launch (conf/accelerate/deepspeed_zero{2,3}.yaml) on two CPU processes:
     the engine steps Sophia on its flat fp32 partitions and runs the GNB curvature pass as an engine
-    step of its own; the run ends where the DDP run with the same settings does, and a resumed run
-    where the uninterrupted one does."""
+    step of its own (ZeRO-3 also partitions the weights, gathered for evaluation); the run ends where
+    the DDP run with the same settings does, and a resumed run where the uninterrupted one does."""
     pytest.importorskip("deepspeed")
-    config = REPO / "conf" / "accelerate" / "deepspeed_zero2.yaml"
+    config = REPO / "conf" / "accelerate" / f"deepspeed_zero{stage}.yaml"
     cmd, proc, run_dir = launch(["--config_file", str(config)], [str(Path(__file__).parent / "deepspeed_entry.py")],
                                 tmp_path / "outputs", cache_dir, DS_ACCELERATOR="cpu")
     assert (run_dir / "checkpoint" / "pytorch_model").is_dir()  # DeepSpeed's own checkpoint: the engine ran
     metrics, ranks, log = read_run(run_dir)
     ddp_metrics, ddp_ranks, ddp_log = read_run(ddp_run[2])
     assert metrics["processes"] == 2 and [r["forget_batches"] for r in ranks] == [r["forget_batches"] for r in ddp_ranks]
-    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # ZeRO-2 keeps whole weights on every process
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # the same weights, gathered under ZeRO-3
     assert ranks[0]["param_checksum"] == pytest.approx(ddp_ranks[0]["param_checksum"], rel=1e-6)
     assert [x["loss"] for x in log] == pytest.approx([x["loss"] for x in ddp_log], rel=1e-5, abs=1e-6)
     assert log[-1]["curvature_passes"] == 1
@@ -320,7 +321,7 @@ def test_deepspeed_config_is_filled_in_and_checked():
         ({}, {"grad_accum": 2}, sophia, "trainer.grad_accum must be 1 (got 2)"),
         ({"gradient_accumulation_steps": 4}, {}, sophia, "gradient_accumulation_steps=4 must be 1"),
         ({"gradient_clipping": 0.5}, {}, sophia, "gradient_clipping=0.5 differs from trainer.max_grad_norm=1.0"),
-        ({"zero_optimization": {"stage": 3}}, {}, sophia, "ZeRO-3 is not supported"),
+
         ({}, {}, {"name": "sophia_h", "estimator": "hutchinson"}, "estimator=hutchinson needs a double backward"),
         ({}, {}, {"name": "iu", "estimator": "fisher"}, "optim=iu does not run under DeepSpeed"),
     ]
@@ -328,6 +329,9 @@ def test_deepspeed_config_is_filled_in_and_checked():
         config = {"zero_optimization": {"stage": 2}, **config_change}
         with pytest.raises(ValueError, match=re.escape(message)):
             check_deepspeed(config, OmegaConf.merge(trainer, trainer_change), OmegaConf.create(optim))
+    with pytest.raises(ValueError, match=re.escape("model.lora=true does not run under DeepSpeed ZeRO-3")):
+        check_deepspeed({"zero_optimization": {"stage": 3}}, trainer, sophia, lora=True)
+    check_deepspeed({"zero_optimization": {"stage": 2}}, trainer, sophia, lora=True)
     for name in ("adamw", "soul_ref"):  # first-order and in-step curvature pass
         check_deepspeed({"zero_optimization": {"stage": 2}}, trainer, OmegaConf.create({"name": name}))
 
