@@ -59,6 +59,12 @@ def test_param_groups_skip_decay_on_norms_and_biases():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    # With only matrices trainable (as RMU leaves it) there is no empty second group, which DeepSpeed
+    # would drop from under the learning-rate schedule.
+    for p in model.parameters():
+        p.requires_grad_(p.ndim >= 2)
+    (only,) = param_groups(model, 0.1)
+    assert only["weight_decay"] == 0.1 and len(only["params"]) == sum(p.ndim >= 2 for p in model.parameters())
 
 
 def test_build_optimizer_passes_config_and_rejects_unknown():

@@ -39,7 +39,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for _, p in model.named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # An empty group is left out (RMU trains MLP matrices only): DeepSpeed drops empty groups, which
+    # would leave the learning-rate schedule with more groups than the optimizer it steps.
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
 
 
 CURVATURE_KEYS = ("estimator", "interval", "probe")
