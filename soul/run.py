@@ -36,7 +36,7 @@ from soul.objectives import build_objective, get_objective
 from soul.optim import build_optimizer
 from soul.report_table import summary_table
 from soul.tasks import build_task
-from soul.unlearn import check_deepspeed, unlearn
+from soul.unlearn import check_deepspeed, unlearn, zero3
 
 log = logging.getLogger("soul")
 
@@ -224,12 +224,6 @@ def _evaluate_and_write(cfg, out_dir, accelerator, task, template, model, tokeni
                         f"seed={cfg.seed} | {train['steps']} steps in {train['train_seconds']:.1f}s",
                         columns, out_dir))
     return metrics
-
-
-def zero3(accelerator: Accelerator) -> bool:
-    """True under DeepSpeed ZeRO-3, which partitions the weights themselves across processes."""
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return plugin is not None and plugin.zero_stage == 3
 
 
 @contextlib.contextmanager

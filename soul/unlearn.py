@@ -199,13 +199,11 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
     model.eval()
     elapsed = time.perf_counter() - start
     # What each process did, for the record: its batches, and a weight checksum (equal across DDP ranks).
-    params = list(accelerator.unwrap_model(model).parameters())
-    gathered = contextlib.nullcontext()
-    if engine_steps_in_backward and accelerator.state.deepspeed_plugin.zero_stage == 3:
-        import deepspeed
-
-        gathered = deepspeed.zero.GatheredParameters(params)  # ZeRO-3: each process holds a slice of every weight
-    with gathered:
+    params = accelerator.unwrap_model(model).parameters()
+    if zero3(accelerator):  # each process holds a slice of every weight: the slices' sums, summed over processes
+        local = sum(p.ds_tensor.detach().double().sum() for p in params)
+        checksum = float(accelerator.reduce(local.to(accelerator.device), "sum"))
+    else:
         checksum = float(sum(p.detach().double().sum() for p in params))
     ranks = gather_object([{"rank": rank, "steps": steps - first_step + 1, "forget_batches": drawn_forget,
                             "param_checksum": checksum}])
@@ -213,6 +211,12 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
             "steps_per_second": (steps - first_step + 1) / elapsed if elapsed > 0 else float("inf"),
             "effective_batch": cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
             "processes": accelerator.num_processes, "resumed_from_step": first_step - 1, "ranks": ranks}
+
+
+def zero3(accelerator) -> bool:
+    """True under DeepSpeed ZeRO-3, which partitions the weights themselves across processes."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
 
 
 def _agree(accelerator, bad_losses: int, label_tokens: int) -> tuple[int, int]:

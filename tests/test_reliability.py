@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -209,8 +210,16 @@ TWO_PROCESS_RUN = [*SMALL, "optim=sophia", "trainer.grad_accum=1", "trainer.max_
                    "checkpoint.keep=true"]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch(launcher_args: list[str], program: list[str], outputs: Path, cache: Path, **env: str):
+    # A port of its own per launch, not torchrun's fixed default, which an earlier launch may still hold.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_processes", "2",
+           "--main_process_port", str(free_port()),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *program, *TWO_PROCESS_RUN,
            f"paths.output_dir={outputs}"]
     proc = subprocess.run(cmd, cwd=REPO, env=soul_env(cache, **env), capture_output=True, text=True, timeout=600)
