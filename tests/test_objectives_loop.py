@@ -7,6 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import REPO
 from soul.objectives import OBJECTIVES, build_objective, get_objective, nll
 from soul.optim import build_optimizer, param_groups
 from soul.unlearn import pair_indices, total_steps
@@ -82,6 +83,13 @@ def test_build_optimizer_passes_config_and_rejects_unknown():
         build_optimizer(OmegaConf.create({"name": "adamw", "lr": 1e-3, "rho": 0.1}), model)
     with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
         build_optimizer(OmegaConf.create({"name": "lion", "lr": 1e-3}), model)
+    # Sophia-H's curvature is u * (H u) itself: B (the token count) would scale it by hundreds.
+    opt, hook = build_optimizer(OmegaConf.merge(OmegaConf.load(REPO / "conf" / "optim" / "sophia_h.yaml"),
+                                                {"lr": 1e-3}), model)
+    assert hook.estimator == "hutchinson" and opt.bs == 1 and not opt.bs_from_tokens
+    with pytest.raises(ValueError, match=r"optim=sophia_h: bs=tokens .* use optim.bs=1"):
+        build_optimizer(OmegaConf.create({"name": "sophia_h", "lr": 1e-3, "bs": "tokens", "estimator": "hutchinson"}),
+                        model)
 
 
 def test_pairs_cover_the_forget_set_each_epoch_and_differ_by_rank():

@@ -197,13 +197,24 @@ def quadratic_objective(model, batch):
 
 
 def test_hutchinson_with_rademacher_probes_recovers_a_diagonal_hessian_exactly():
-    a = torch.tensor([3.0, 0.5, 7.0])
+    """u * (H u) = diag(H) for a diagonal H and u in {-1, 1}: the EMA takes the estimate as it is
+    (Sophia-H), not its square, so a negative curvature stays negative until the step clamps it."""
+    a = torch.tensor([3.0, 0.5, -7.0])
     model = Quadratic(a)
-    opt = SophiaG(model.parameters(), betas=(0.9, 0.0))  # beta2 = 0: h = the last estimate
+    opt = SophiaG(model.parameters(), betas=(0.9, 0.5), bs=1, clamp_negative_curvature=True)
     hook = CurvatureHook("hutchinson", interval=1, probe="rademacher", seed=0)
     hook.run(model, opt, {}, quadratic_objective, max_grad_norm=None)
-    assert torch.allclose(opt.state[model.theta]["hessian"], a**2)  # update_hessian squares u*Hu = a
+    assert torch.allclose(opt.state[model.theta]["hessian"], 0.5 * a)  # (1 - beta2) * a
+    hook.run(model, opt, {}, quadratic_objective, max_grad_norm=None)
+    assert torch.allclose(opt.state[model.theta]["hessian"], 0.75 * a)  # an EMA of the exact estimates
     assert model.theta.grad is None
+    # The step divides by max(rho * bs * h, eps): the negative coordinate's clamped h = 0 clips it to lr.
+    model.theta.grad = a * model.theta.detach()  # the quadratic's gradient at theta = 1
+    opt.step()
+    lr, decay = 1e-4, 0.1
+    # m = -0.7 over the clamped h + eps: clipped to -1, a full lr step up (after the decay); an
+    # unclamped h = -5.25 would have sent it down.
+    assert float(model.theta.detach()[2]) == pytest.approx(1 - lr * decay + lr, rel=1e-7)
 
 
 def tiny_lm(seed=0):

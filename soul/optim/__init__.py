@@ -63,6 +63,9 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, seed: int = 0
     except TypeError as err:  # an unknown or missing key in conf/optim/<name>.yaml
         raise ValueError(f"optim={name}: {err}") from err
     estimator = curvature.get("estimator")
+    if estimator == "hutchinson" and getattr(optimizer, "bs_from_tokens", False):
+        raise ValueError(f"optim={name}: bs=tokens scales a squared mean gradient into a curvature (GNB); the "
+                         "Hutchinson estimate u * (H u) is a curvature already: use optim.bs=1")
     hook = None
     if getattr(optimizer, "one_shot", False):
         optimizer.curvature_estimator = estimator or "fisher"

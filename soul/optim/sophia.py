@@ -8,8 +8,9 @@ Per parameter, ``step(bs)`` does (published SophiaG, github.com/Liuhong99/Sophia
 
 and ``update_hessian()`` folds the current ``.grad`` into the curvature EMA,
 ``h <- beta2 * h + (1 - beta2) * g^2``. Which gradient that is, and how often, is the
-estimator's business (``soul.optim.curvature``): GNB (labels sampled from the model),
-Hutchinson (``u * Hu``), or, in SOUL's official code, the step's own gradient.
+estimator's business (``soul.optim.curvature``): GNB (labels sampled from the model), or, in
+SOUL's official code, the step's own gradient. A Hutchinson estimate ``u * Hu`` is a curvature
+already and enters unsquared (``update_hessian(squared=False)``, with ``bs = 1``).
 
 The switches reproduce the official SOUL code exactly when set as in ``conf/optim/soul_ref.yaml``:
 
@@ -36,7 +37,7 @@ from torch.distributed.tensor import DTensor
 _EXACT_BELOW = 1 << 16  # tensors up to this size enter the diagnostics whole
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def local_shard(t: torch.Tensor) -> torch.Tensor:
     """This process's shard of a sharded (FSDP2) tensor; the tensor itself otherwise."""
     return t.to_local() if isinstance(t, DTensor) else t
 
@@ -72,7 +73,7 @@ class SophiaG(torch.optim.Optimizer):
         self.diagnostics_stride = diagnostics_stride
         self._diag: dict[str, torch.Tensor] = {}
         self._hessian_norm: float | None = None
-        self._curvature_only = False
+        self._curvature_only, self._curvature_squared = False, True
         # Set when an engine hands step() this process's partition of flat parameters (DeepSpeed ZeRO-2):
         # diagnostics then sum over processes, as for FSDP's sharded parameters, and add up the step()
         # calls of one engine step (DeepSpeed calls it once per parameter group) until diagnostics() reads them.
@@ -99,8 +100,11 @@ class SophiaG(torch.optim.Optimizer):
         return params, grads
 
     @torch.no_grad()
-    def update_hessian(self) -> None:
-        """``h <- beta2 * h + (1 - beta2) * grad^2`` for every parameter with a gradient."""
+    def update_hessian(self, squared: bool = True) -> None:
+        """``h <- beta2 * h + (1 - beta2) * grad^2`` for every parameter with a gradient (GNB, and
+        SOUL's squared step gradient). ``squared=False`` folds in ``.grad`` itself: a Hutchinson
+        estimate ``u * (H u)``, which is already a curvature (and may be negative; under ``maximize``
+        it is negated with the gradient, as the curvature of the maximized function's negation is)."""
         for group in self.param_groups:
             beta2 = group["betas"][1]
             params, grads = self._grads(group)
@@ -108,18 +112,22 @@ class SophiaG(torch.optim.Optimizer):
                 continue
             hessians = [self._state(p)["hessian"] for p in params]
             torch._foreach_mul_(hessians, beta2)
-            torch._foreach_addcmul_(hessians, grads, grads, value=1 - beta2)
+            if squared:
+                torch._foreach_addcmul_(hessians, grads, grads, value=1 - beta2)
+            else:
+                torch._foreach_add_(hessians, grads, alpha=1 - beta2)
         self._hessian_norm = None  # recomputed on the next diagnostics() call
 
     @contextlib.contextmanager
-    def curvature_only(self):
-        """While open, ``step()`` folds the gradient into the curvature EMA and moves no weight: the
-        curvature pass of an engine that calls ``step()`` itself after every backward (DeepSpeed)."""
-        self._curvature_only = True
+    def curvature_only(self, squared: bool = True):
+        """While open, ``step()`` folds the gradient into the curvature EMA (``update_hessian(squared)``)
+        and moves no weight: the curvature pass of an engine that calls ``step()`` itself after every
+        backward (DeepSpeed)."""
+        self._curvature_only, self._curvature_squared = True, squared
         try:
             yield self
         finally:
-            self._curvature_only = False
+            self._curvature_only, self._curvature_squared = False, True
 
     @torch.no_grad()
     def update_exp_avg(self) -> None:
@@ -140,7 +148,7 @@ class SophiaG(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         if self._curvature_only:
-            self.update_hessian()
+            self.update_hessian(self._curvature_squared)
             return loss
         bs = self.bs if bs is None else bs
         if self.hessian_in_step:
@@ -176,7 +184,7 @@ class SophiaG(torch.optim.Optimizer):
                 # passes per step; 1/64 of millions of coordinates estimates a fraction to ~1e-3.
                 # Sharded parameters count their local shard; diagnostics() sums over the processes.
                 stride = self.diagnostics_stride
-                update = [_local(u) for u in update]
+                update = [local_shard(u) for u in update]
                 sharded = sharded or any(isinstance(p, DTensor) for p in params)
                 samples = [u.view(-1)[::stride] if u.numel() > _EXACT_BELOW else u.view(-1) for u in update]
                 # each sample stands for its whole tensor: weight it by numel / sample size
@@ -212,7 +220,7 @@ class SophiaG(torch.optim.Optimizer):
             dist.all_reduce(totals)  # collective: every process of an FSDP run logs each step
         clipped, abs_update, numel = totals.tolist()
         if self._hessian_norm is None:
-            hessians = [_local(s["hessian"]) for s in self.state.values() if "hessian" in s]
+            hessians = [local_shard(s["hessian"]) for s in self.state.values() if "hessian" in s]
             square = torch.stack(torch._foreach_norm(hessians)).square().sum() if hessians else torch.zeros(())
             if d["sharded"] and dist.is_available() and dist.is_initialized():
                 dist.all_reduce(square)
