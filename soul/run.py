@@ -22,7 +22,7 @@ from pathlib import Path
 import hydra
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list, set_seed
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_seed
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,7 +36,7 @@ from soul.objectives import build_objective, get_objective
 from soul.optim import build_optimizer
 from soul.report_table import summary_table
 from soul.tasks import build_task
-from soul.unlearn import check_deepspeed, unlearn, zero3
+from soul.unlearn import check_engine, sharded_weights, unlearn, zero3
 
 log = logging.getLogger("soul")
 
@@ -120,8 +120,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     accelerator = Accelerator(cpu=use_cpu(cfg),
                               mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.device),
                               kwargs_handlers=[InitProcessGroupKwargs(**process_group_settings())])
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # refused at once, not after the model is built
-        check_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, cfg.trainer, cfg.optim, cfg.model.lora)
+    check_engine(accelerator, cfg)  # what DeepSpeed or FSDP cannot run is refused now, before a model is built
     tracker = build_logger(cfg, out_dir) if accelerator.is_main_process else RunLogger()
     try:
         metrics = _run(cfg, out_dir, accelerator, tracker)
@@ -167,8 +166,12 @@ def _run(cfg: DictConfig, out_dir: Path, accelerator: Accelerator, tracker: RunL
     if spec.needs_reference:  # the frozen initial model, only for objectives that compare against it
         ref, _ = load()
         ref.to(accelerator.device).eval().requires_grad_(False)
-    if cfg.model.lora:  # (with objective=rmu refused by the config check)
-        model = apply_lora(model, **OmegaConf.to_container(cfg.model.lora_settings, resolve=True))
+    def with_adapters(m):  # the model as trained: with model.lora, LoRA adapters on
+        if not cfg.model.lora:  # (with objective=rmu refused by the config check)
+            return m
+        return apply_lora(m, **OmegaConf.to_container(cfg.model.lora_settings, resolve=True))
+
+    model = with_adapters(model)
     hyperparameters = {k: v for k, v in OmegaConf.to_container(cfg.objective, resolve=True).items() if k != "name"}
     objective = build_objective(cfg.objective.name, hyperparameters, model, ref, cfg.seed)
     optimizer, curvature = build_optimizer(cfg.optim, model, cfg.seed)  # after RMU may have frozen parameters
@@ -181,12 +184,12 @@ def _run(cfg: DictConfig, out_dir: Path, accelerator: Accelerator, tracker: RunL
                     optimizer, cfg.trainer, accelerator, cfg.seed, out_dir / "train_log.jsonl", curvature,
                     on_step=tracker.log_step, checkpointer=checkpointer, resume=cfg.resume)
     ranks = train.pop("ranks", None)
-    if zero3(accelerator):  # every process joins the gather; process 0 gets a whole copy to evaluate
-        model = gathered_copy(accelerator, model, load)
+    if sharded_weights(accelerator):  # every process joins the gather; process 0 gets a whole copy to evaluate
+        model = gathered_copy(accelerator, model, lambda: with_adapters(load()[0]))
 
     if not accelerator.is_main_process:
         return {}
-    # One process evaluates: outside ZeRO-3's state, so generate() does not wait for the others.
+    # One process evaluates, outside ZeRO-3's state, so generate() does not wait for the others.
     with whole_weights(accelerator):
         return _evaluate_and_write(cfg, out_dir, accelerator, task, template, model, tokenizer, model_name,
                                    train, ranks, before, reference, checkpointer, started)
@@ -244,23 +247,29 @@ def whole_weights(accelerator: Accelerator):
         accelerator.state.deepspeed_plugin.set_deepspeed_weakref()
 
 
-def gathered_copy(accelerator: Accelerator, model, load):
-    """ZeRO-3: gather the trained weights, parameter by parameter (every process takes part), into a
-    whole model on process 0 (``load`` builds one); None on the other processes."""
-    import deepspeed
+def gathered_copy(accelerator: Accelerator, model, build):
+    """ZeRO-3 or FSDP: gather the trained weights (every process takes part) into a whole model on
+    process 0 (``build`` makes one of the same structure, LoRA adapters included); None on the
+    other processes. ZeRO-3 gathers parameter by parameter; FSDP through accelerate's full state
+    dict, gathered into CPU memory."""
+    if zero3(accelerator):
+        import deepspeed
 
-    weights = {}
-    for name, p in accelerator.unwrap_model(model).named_parameters():
-        with deepspeed.zero.GatheredParameters([p]):
-            if accelerator.is_main_process:
-                weights[name] = p.detach().to("cpu", copy=True)
+        weights = {}
+        for name, p in accelerator.unwrap_model(model).named_parameters():
+            with deepspeed.zero.GatheredParameters([p]):
+                if accelerator.is_main_process:
+                    weights[name] = p.detach().to("cpu", copy=True)
+    else:
+        weights = accelerator.get_state_dict(model)
     if not accelerator.is_main_process:
         return None
-    whole, _ = load()
+    whole = build()
     missing, unexpected = whole.load_state_dict(weights, strict=False)
-    tied = {"lm_head.weight"} if whole.config.tie_word_embeddings else set()
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"ZeRO-3 gather: weights missing {sorted(set(missing) - tied)}, unexpected {unexpected}")
+    # A tied output head shares the input embedding's weight, which some gathers list once.
+    missing = [name for name in missing if not (whole.config.tie_word_embeddings and name.endswith("lm_head.weight"))]
+    if unexpected or missing:
+        raise RuntimeError(f"gathering the sharded weights: missing {sorted(missing)}, unexpected {unexpected}")
     return whole.to(accelerator.device)
 
 

@@ -28,6 +28,7 @@ from soul.data.qa import IGNORE_INDEX, PromptTemplate, encode_qa_batch, pad_batc
 from soul.data.refusals import refusal_for
 from soul.objectives import Objective, nll
 from soul.optim.curvature import CurvatureHook, sampled_label_backward
+from soul.optim.sophia import local_shard
 
 
 def pair_indices(n_forget: int, n_retain: int, batch_size: int, seed: int, rank: int = 0
@@ -179,7 +180,8 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
             optimizer.zero_grad(set_to_none=True)
             if curvature is not None and curvature.due(step):
                 curvature.run(model, raw_optimizer, batch, objective, cfg.max_grad_norm, clip=accelerator.clip_grad_norm_,
-                              engine_backward=accelerator.backward if engine_steps_in_backward else None)
+                              engine_backward=accelerator.backward if engine_steps_in_backward else None,
+                              engine_unclipped=lambda: _deepspeed_unclipped(model))
             record = {"step": step, "lr": lr, **totals, "grad_norm": grad_norm, "label_tokens": label_tokens,
                       "elapsed_s": time.perf_counter() - start}
             if curvature is not None:
@@ -198,25 +200,44 @@ def unlearn(model, tokenizer, template: PromptTemplate, forget_rows: list[dict],
             bar.set_postfix(loss=f"{totals['loss']:.3f}")
     model.eval()
     elapsed = time.perf_counter() - start
-    # What each process did, for the record: its batches, and a weight checksum (equal across DDP ranks).
-    params = accelerator.unwrap_model(model).parameters()
-    if zero3(accelerator):  # each process holds a slice of every weight: the slices' sums, summed over processes
-        local = sum(p.ds_tensor.detach().double().sum() for p in params)
-        checksum = float(accelerator.reduce(local.to(accelerator.device), "sum"))
-    else:
-        checksum = float(sum(p.detach().double().sum() for p in params))
-    ranks = gather_object([{"rank": rank, "steps": steps - first_step + 1, "forget_batches": drawn_forget,
-                            "param_checksum": checksum}])
+    ranks = rank_records(accelerator, model, raw_optimizer, steps - first_step + 1, drawn_forget)
     return {"steps": steps, "warmup_steps": warmup, "train_seconds": elapsed,
             "steps_per_second": (steps - first_step + 1) / elapsed if elapsed > 0 else float("inf"),
             "effective_batch": cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
             "processes": accelerator.num_processes, "resumed_from_step": first_step - 1, "ranks": ranks}
 
 
+def rank_records(accelerator, model, optimizer, steps: int, forget_batches: list[list[int]]) -> list[dict]:
+    """What each process did, for the record (collective; every process gets the list): its steps and
+    forget batches, a weight checksum (equal across DDP ranks; under sharding the sum of every
+    process's slices) and how much optimizer state it holds (all under DDP, its shard under FSDP or ZeRO)."""
+    params = accelerator.unwrap_model(model).parameters()
+    if sharded_weights(accelerator):
+        local = sum(weight_shard(p).detach().double().sum() for p in params)
+        checksum = float(accelerator.reduce(local.to(accelerator.device), "sum"))
+    else:
+        checksum = float(sum(p.detach().double().sum() for p in params))
+    state_numel = sum(weight_shard(t).numel() for state in optimizer.state.values() for t in state.values()
+                      if torch.is_tensor(t) and t.dim() > 0)
+    return gather_object([{"rank": accelerator.process_index, "steps": steps, "forget_batches": forget_batches,
+                           "param_checksum": checksum, "optimizer_state_numel": state_numel}])
+
+
 def zero3(accelerator) -> bool:
     """True under DeepSpeed ZeRO-3, which partitions the weights themselves across processes."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     return plugin is not None and plugin.zero_stage == 3
+
+
+def sharded_weights(accelerator) -> bool:
+    """True where each process holds only a slice of every weight: DeepSpeed ZeRO-3 and FSDP. A
+    forward pass is then collective, so one process cannot evaluate the trained model alone."""
+    return zero3(accelerator) or accelerator.distributed_type == DistributedType.FSDP
+
+
+def weight_shard(p: torch.Tensor) -> torch.Tensor:
+    """This process's slice of a sharded weight (ZeRO-3's ``ds_tensor``, FSDP2's local shard)."""
+    return p.ds_tensor if hasattr(p, "ds_tensor") else local_shard(p)
 
 
 def _agree(accelerator, bad_losses: int, label_tokens: int) -> tuple[int, int]:
@@ -244,21 +265,48 @@ def _stop_if_non_finite(bad_losses: int, grad_norm: float | None, loss: float, s
         f"learning rate or set trainer.max_grad_norm.")
 
 
-def check_deepspeed(ds: dict, trainer: DictConfig, optim: DictConfig, lora: bool = False) -> None:
+@contextlib.contextmanager
+def _deepspeed_unclipped(engine):
+    """DeepSpeed's ZeRO optimizer clips every engine step to ``gradient_clipping``; a curvature
+    estimate fed through a step is not a gradient, and is left as it is."""
+    zero = engine.optimizer
+    saved, zero.clip_grad = zero.clip_grad, 0.0
+    try:
+        yield
+    finally:
+        zero.clip_grad = saved
+
+
+def check_engine(accelerator, cfg: DictConfig) -> None:
+    """Refuse, before any model is built, what soul cannot do under the launch's engine (DeepSpeed,
+    FSDP), with the reason and what to use instead."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        check_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, cfg.trainer, cfg.optim)
+    elif accelerator.distributed_type == DistributedType.FSDP:
+        check_fsdp(cfg.optim)
+
+
+def check_fsdp(optim: DictConfig) -> None:
+    """What FSDP cannot run: a double backward (Hutchinson) through its sharded weights."""
+    if optim.get("estimator") == "hutchinson":
+        raise ValueError("optim.estimator=hutchinson needs a double backward through the weights, and FSDP's "
+                         "forward runs on gathered copies of its sharded parameters, which a double backward does "
+                         "not reach; use optim=sophia (estimator=gnb), or DDP or DeepSpeed ZeRO-2 for Sophia-H")
+
+
+def check_deepspeed(ds: dict, trainer: DictConfig, optim: DictConfig) -> None:
     """Refuse, before any model is built, what soul cannot do under DeepSpeed (``ds``: the DeepSpeed
-    config; ``lora``: model.lora)."""
+    config)."""
+    zero3_config = ds.get("zero_optimization", {}).get("stage") == 3
     if optim.name == "iu":
         raise ValueError("optim=iu does not run under DeepSpeed: its one-shot step reads per-parameter gradients "
                          "outside an engine step; use DDP/FSDP")
-    if optim.get("estimator") == "hutchinson":
-        raise ValueError("optim.estimator=hutchinson needs a double backward, which DeepSpeed's engine does not "
-                         "run; use optim=sophia (estimator=gnb) or DDP/FSDP")
+    if optim.get("estimator") == "hutchinson" and zero3_config:
+        raise ValueError("optim.estimator=hutchinson needs a double backward through the weights, which ZeRO-3 "
+                         "partitions; use optim=sophia (estimator=gnb), or DDP or ZeRO-2 for Sophia-H")
     if trainer.grad_accum != 1:
         raise ValueError(f"under DeepSpeed, trainer.grad_accum must be 1 (got {trainer.grad_accum}): the engine "
                          "steps on every backward; raise trainer.batch_size or the number of processes instead")
-    if ds.get("zero_optimization", {}).get("stage") == 3 and lora:
-        raise ValueError("model.lora=true does not run under DeepSpeed ZeRO-3: soul gathers the partitioned "
-                         "weights into a plain model to evaluate it; use ZeRO-2 or FSDP for LoRA")
     if ds.get("gradient_accumulation_steps", "auto") not in ("auto", 1):
         raise ValueError(f"DeepSpeed config: gradient_accumulation_steps={ds['gradient_accumulation_steps']} must be "
                          "1 (or auto): soul steps the engine once per micro-batch")
@@ -292,7 +340,9 @@ def one_shot_unlearn(model, make_batch: BatchMaker, objective: Objective, optimi
                      seed: int, log_path: Path, on_step: Callable[[dict], None] | None = None) -> dict:
     """Influence unlearning: diagonal retain curvature, then one step on the whole forget gradient."""
     n_forget, n_retain = len(make_batch.encoded["forget"]), len(make_batch.encoded["retain"])
-    model = accelerator.prepare(model)
+    # Prepared together: FSDP2 swaps the optimizer's parameters for the sharded ones. (The raw
+    # optimizer is stepped: accelerate's wrapper adds nothing to one step.)
+    model, _ = accelerator.prepare(model, optimizer)
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -329,4 +379,5 @@ def one_shot_unlearn(model, make_batch: BatchMaker, objective: Objective, optimi
         if on_step is not None:
             on_step(record)
     return {"steps": 1, "warmup_steps": 0, "train_seconds": elapsed, "steps_per_second": 1 / elapsed,
-            "effective_batch": n_forget}
+            "effective_batch": n_forget, "processes": accelerator.num_processes,
+            "ranks": rank_records(accelerator, model, optimizer, 1, [list(range(n_forget))])}

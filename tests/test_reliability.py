@@ -27,7 +27,7 @@ from soul.data.qa import PromptTemplate
 from soul.models import build_tiny_llama
 from soul.objectives import build_objective, nll
 from soul.tokenizer import train_bpe_tokenizer
-from soul.unlearn import check_deepspeed, configure_deepspeed, unlearn
+from soul.unlearn import check_deepspeed, check_fsdp, configure_deepspeed, unlearn
 
 
 def composed(*overrides):
@@ -206,8 +206,7 @@ def test_a_killed_run_resumes_to_the_same_result(cache_dir, tmp_path):
 
 # ------------------------------------------------------------------------------- two processes
 
-TWO_PROCESS_RUN = [*SMALL, "optim=sophia", "trainer.grad_accum=1", "trainer.max_steps=12", "checkpoint.every=10",
-                   "checkpoint.keep=true"]
+TWO_PROCESS_RUN = [*SMALL, "trainer.grad_accum=1", "trainer.max_steps=12", "checkpoint.every=10", "checkpoint.keep=true"]
 
 
 def free_port() -> int:
@@ -216,12 +215,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(launcher_args: list[str], program: list[str], outputs: Path, cache: Path, **env: str):
+def launch(launcher_args: list[str], program: list[str], outputs: Path, cache: Path, optim: str = "sophia", **env: str):
     # A port of its own per launch, not torchrun's fixed default, which an earlier launch may still hold.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_processes", "2",
            "--main_process_port", str(free_port()),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *program, *TWO_PROCESS_RUN,
-           f"paths.output_dir={outputs}"]
+           f"optim={optim}", f"paths.output_dir={outputs}"]
     proc = subprocess.run(cmd, cwd=REPO, env=soul_env(cache, **env), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = [p for p in (outputs / "runs").iterdir()]
@@ -235,16 +234,24 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(cache_dir, tmp_path_factory):
-    """Two processes, DDP over gloo on the CPU. accelerate's --cpu launcher starts several processes
-    only through MPI; --multi_gpu with no GPU visible starts them through torchrun."""
-    return launch(["--multi_gpu"], ["-m", "soul.run"], tmp_path_factory.mktemp("ddp"), cache_dir)
+def ddp_runs(cache_dir, tmp_path_factory):
+    """Two processes, DDP over gloo on the CPU, one launch per optimizer asked for (each once per
+    module). accelerate's --cpu launcher starts several processes only through MPI; --multi_gpu
+    with no GPU visible starts them through torchrun."""
+    runs = {}
+
+    def run(optim: str):
+        if optim not in runs:
+            runs[optim] = launch(["--multi_gpu"], ["-m", "soul.run"], tmp_path_factory.mktemp(f"ddp-{optim}"),
+                                 cache_dir, optim)
+        return runs[optim]
+    return run
 
 
-def test_two_processes_under_accelerate_launch(ddp_run, cache_dir):
+def test_two_processes_under_accelerate_launch(ddp_runs):
     """Both ranks train on different pairs, weights stay in step, one process writes the results,
-    into one run directory, and both resume from a checkpoint together."""
-    cmd, proc, run_dir = ddp_run
+    into one run directory. (Two processes resume together in the sharded-engine test below.)"""
+    cmd, proc, run_dir = ddp_runs("sophia")
     metrics, ranks, log = read_run(run_dir)
     assert metrics["processes"] == 2 and metrics["effective_batch"] == 2 * 1 * 2
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["steps"] == 12 for r in ranks)
@@ -255,56 +262,63 @@ def test_two_processes_under_accelerate_launch(ddp_run, cache_dir):
     assert proc.stdout.count("run directory:") == 1  # one summary
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
 
-    # Both processes resume from the step-10 checkpoint and end where the uninterrupted run did.
-    # (A copy of the run directory, so that the DeepSpeed test below still reads the uninterrupted run.)
-    resumed_dir = run_dir.with_name(run_dir.name + "-resumed")
-    shutil.copytree(run_dir, resumed_dir)
-    (resumed_dir / "status.json").unlink()  # as if killed after the checkpoint
-    proc = subprocess.run([*cmd, "resume=true", f"hydra.run.dir={resumed_dir}"], cwd=REPO, env=soul_env(cache_dir),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    resumed = json.loads((resumed_dir / "metrics.json").read_text())
-    assert resumed["resumed_from_step"] == 10
-    assert resumed["forget_quality"] == pytest.approx(metrics["forget_quality"], rel=1e-6)
-    assert resumed["model_utility"] == pytest.approx(metrics["model_utility"], rel=1e-6)
-    again = json.loads((resumed_dir / "ranks.json").read_text())
-    assert [r["steps"] for r in again] == [2, 2]
-    assert again[0]["param_checksum"] == again[1]["param_checksum"] == pytest.approx(ranks[0]["param_checksum"],
-                                                                                       rel=1e-9)
+
+SHARDING_ENGINES = {
+    # engine: (accelerate config, entry script, extra environment, what its checkpoint holds)
+    "zero2": ("deepspeed_zero2.yaml", "deepspeed_entry.py", {"DS_ACCELERATOR": "cpu"}, "pytorch_model"),
+    "zero3": ("deepspeed_zero3.yaml", "deepspeed_entry.py", {"DS_ACCELERATOR": "cpu"}, "pytorch_model"),
+    "fsdp2": ("fsdp.yaml", "fsdp_entry.py", {}, "pytorch_model_fsdp_0"),
+}
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_sophia_under_deepspeed_matches_ddp(stage, ddp_run, cache_dir, tmp_path):
-    """accelerate's DeepSpeed launch (conf/accelerate/deepspeed_zero{2,3}.yaml) on two CPU processes:
-    the engine steps Sophia on its flat fp32 partitions and runs the GNB curvature pass as an engine
-    step of its own (ZeRO-3 also partitions the weights, gathered for evaluation); the run ends where
-    the DDP run with the same settings does, and a resumed run where the uninterrupted one does."""
-    pytest.importorskip("deepspeed")
-    config = REPO / "conf" / "accelerate" / f"deepspeed_zero{stage}.yaml"
-    cmd, proc, run_dir = launch(["--config_file", str(config)], [str(Path(__file__).parent / "deepspeed_entry.py")],
-                                tmp_path / "outputs", cache_dir, DS_ACCELERATOR="cpu")
-    assert (run_dir / "checkpoint" / "pytorch_model").is_dir()  # DeepSpeed's own checkpoint: the engine ran
+@pytest.mark.parametrize("engine, optim, resume", [("zero2", "sophia_h", False), ("zero3", "sophia", True),
+                                                   ("fsdp2", "sophia", True)])
+def test_sophia_under_sharding_engines_matches_ddp(engine, optim, resume, ddp_runs, cache_dir, tmp_path):
+    """accelerate's DeepSpeed (conf/accelerate/deepspeed_zero{2,3}.yaml) and FSDP2 (fsdp.yaml)
+    launches on two CPU processes. DeepSpeed steps Sophia on its flat fp32 partitions and runs a
+    curvature pass as an engine step of its own (Sophia-G's sampled-label gradient; Sophia-H's
+    estimate from a double backward outside the engine, unclipped); FSDP2 shards every decoder
+    layer and Sophia's state with it; under ZeRO-3 and FSDP the weights are sharded too, and
+    gathered for evaluation. Each run ends where the DDP run with the same settings does, holding
+    about half the optimizer state per process, and a resumed run where the uninterrupted one does
+    (ZeRO-2 shares ZeRO-3's checkpoint code)."""
+    config, entry, env, checkpoint_part = SHARDING_ENGINES[engine]
+    if engine.startswith("zero"):
+        pytest.importorskip("deepspeed")
+    cmd, proc, run_dir = launch(["--config_file", str(REPO / "conf" / "accelerate" / config)],
+                                [str(Path(__file__).parent / entry)], tmp_path / "outputs", cache_dir, optim, **env)
+    assert (run_dir / "checkpoint" / checkpoint_part).is_dir()  # the engine's own checkpoint: the engine ran
     metrics, ranks, log = read_run(run_dir)
-    ddp_metrics, ddp_ranks, ddp_log = read_run(ddp_run[2])
+    ddp_metrics, ddp_ranks, ddp_log = read_run(ddp_runs(optim)[2])
     assert metrics["processes"] == 2 and [r["forget_batches"] for r in ranks] == [r["forget_batches"] for r in ddp_ranks]
-    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # the same weights, gathered under ZeRO-3
+    # DDP's processes hold the same weights (Sophia-H's estimate is averaged over them: the test found
+    # each process folding in its own), and so do the sharded runs' (summed over shards).
+    assert ddp_ranks[0]["param_checksum"] == pytest.approx(ddp_ranks[1]["param_checksum"], rel=1e-9)
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
     assert ranks[0]["param_checksum"] == pytest.approx(ddp_ranks[0]["param_checksum"], rel=1e-6)
+    # The optimizer state (Sophia's momentum and curvature EMA) is split between the processes.
+    whole_state = ddp_ranks[0]["optimizer_state_numel"]
+    assert whole_state > 0 and all(r["optimizer_state_numel"] < 0.6 * whole_state for r in ranks)
+    assert sum(r["optimizer_state_numel"] for r in ranks) == pytest.approx(whole_state, rel=0.01)  # (padding)
     assert [x["loss"] for x in log] == pytest.approx([x["loss"] for x in ddp_log], rel=1e-5, abs=1e-6)
     assert log[-1]["curvature_passes"] == 1
-    # Diagnostics are totals over both processes' partitions, as DDP's are over whole tensors.
+    # Diagnostics are totals over both processes' shards, as DDP's are over whole tensors. (Clipped
+    # like a gradient, Sophia-H's estimate would leave a curvature norm 20 times smaller: seen.)
     for key in ("clip_fraction", "hessian_norm", "mean_update_over_lr"):
         assert log[-1][key] == pytest.approx(ddp_log[-1][key], rel=1e-4), key
     assert log[-1]["hessian_norm"] > 0
     for key in ("forget_quality", "model_utility"):
         assert metrics[key] == pytest.approx(ddp_metrics[key], rel=1e-4)
+    if not resume:
+        return
 
-    # Resumed from DeepSpeed's own step-10 checkpoint (Sophia's curvature EMA on the partitions
+    # Resumed from the engine's own step-10 checkpoint (Sophia's curvature EMA on the shards
     # included), both processes end where the uninterrupted run did.
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(run_dir, resumed_dir)
     (resumed_dir / "status.json").unlink()
     proc = subprocess.run([*cmd, "resume=true", f"hydra.run.dir={resumed_dir}"], cwd=REPO,
-                          env=soul_env(cache_dir, DS_ACCELERATOR="cpu"), capture_output=True, text=True, timeout=600)
+                          env=soul_env(cache_dir, **env), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     resumed, resumed_ranks, resumed_log = read_run(resumed_dir)
     assert resumed["resumed_from_step"] == 10 and [r["steps"] for r in resumed_ranks] == [2, 2]
@@ -330,19 +344,28 @@ def test_deepspeed_config_is_filled_in_and_checked():
         ({}, {"grad_accum": 2}, sophia, "trainer.grad_accum must be 1 (got 2)"),
         ({"gradient_accumulation_steps": 4}, {}, sophia, "gradient_accumulation_steps=4 must be 1"),
         ({"gradient_clipping": 0.5}, {}, sophia, "gradient_clipping=0.5 differs from trainer.max_grad_norm=1.0"),
-
-        ({}, {}, {"name": "sophia_h", "estimator": "hutchinson"}, "estimator=hutchinson needs a double backward"),
+        ({"zero_optimization": {"stage": 3}}, {}, {"name": "sophia_h", "estimator": "hutchinson"},
+         "estimator=hutchinson needs a double backward through the weights, which ZeRO-3 partitions"),
         ({}, {}, {"name": "iu", "estimator": "fisher"}, "optim=iu does not run under DeepSpeed"),
     ]
     for config_change, trainer_change, optim, message in refused:
         config = {"zero_optimization": {"stage": 2}, **config_change}
         with pytest.raises(ValueError, match=re.escape(message)):
             check_deepspeed(config, OmegaConf.merge(trainer, trainer_change), OmegaConf.create(optim))
-    with pytest.raises(ValueError, match=re.escape("model.lora=true does not run under DeepSpeed ZeRO-3")):
-        check_deepspeed({"zero_optimization": {"stage": 3}}, trainer, sophia, lora=True)
-    check_deepspeed({"zero_optimization": {"stage": 2}}, trainer, sophia, lora=True)
     for name in ("adamw", "soul_ref"):  # first-order and in-step curvature pass
         check_deepspeed({"zero_optimization": {"stage": 2}}, trainer, OmegaConf.create({"name": name}))
+    check_deepspeed({"zero_optimization": {"stage": 2}}, trainer, OmegaConf.create({"name": "sophia_h",
+                                                                                    "estimator": "hutchinson"}))
+
+
+def test_fsdp_refuses_sophia_h_at_start_up():
+    """FSDP runs the forward on gathered copies of its shards, which a double backward does not reach
+    (seen: "The differentiated Tensor ... appears to not have been used in the graph")."""
+    with pytest.raises(ValueError, match=r"hutchinson needs a double backward .* FSDP.* use optim=sophia"):
+        check_fsdp(OmegaConf.create({"name": "sophia_h", "estimator": "hutchinson"}))
+    for optim in ({"name": "sophia", "estimator": "gnb"}, {"name": "soul_ref", "estimator": "in_step"},
+                  {"name": "adamw"}):
+        check_fsdp(OmegaConf.create(optim))
 
 
 def test_a_deepspeed_launch_without_gpus_is_not_turned_into_a_cpu_run(monkeypatch):

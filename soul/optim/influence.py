@@ -11,6 +11,10 @@ i.e. ``-L_f``) through ``.grad``, then takes the single ``step()``.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+from soul.optim.sophia import local_shard
 
 
 class InfluenceUnlearning(torch.optim.Optimizer):
@@ -44,7 +48,8 @@ class InfluenceUnlearning(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        moved, numel, h_sq = 0.0, 0, 0.0
+        totals = torch.zeros(3, dtype=torch.float64)  # sum |delta|, coordinates, sum h^2
+        sharded = False
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -54,9 +59,16 @@ class InfluenceUnlearning(torch.optim.Optimizer):
                     raise RuntimeError("iu: step() before any update_hessian(): no retain curvature")
                 delta = p.grad / (h + group["damping"])
                 p.add_(delta, alpha=-group["lr"])
-                moved += float(delta.abs().sum())
-                numel += delta.numel()
-                h_sq += float(h.pow(2).sum())
+                # FSDP's sharded parameters: this process's shard; the totals are summed over processes.
+                sharded = sharded or isinstance(delta, DTensor)
+                delta, h = local_shard(delta), local_shard(h)
+                totals += torch.stack([delta.abs().sum().double().cpu(), torch.tensor(float(delta.numel())),
+                                       h.pow(2).sum().double().cpu()])
+        if sharded:  # (on the parameters' device: NCCL reduces GPU tensors only)
+            on_device = totals.to(local_shard(p).device)
+            dist.all_reduce(on_device)
+            totals = on_device.cpu()
+        moved, numel, h_sq = totals.tolist()
         self._diag = {"mean_update_over_lr": moved / max(numel, 1), "hessian_norm": h_sq ** 0.5}
         return loss
 
