@@ -155,12 +155,14 @@ def _run(cfg: DictConfig, out_dir: Path, accelerator: Accelerator, tracker: RunL
 
     model, tokenizer = load()
     model.to(accelerator.device)
-    before = None
-    if cfg.task.eval.baseline and accelerator.is_main_process:  # evaluation runs on one process
+    before = reference = None
+    if accelerator.is_main_process:  # evaluation runs on one process, outside ZeRO-3's partitioning
         with whole_weights(accelerator):
-            before = task.cached_evaluate(model_name, template, model, tokenizer)
+            if cfg.task.eval.baseline:
+                before = task.cached_evaluate(model_name, template, model, tokenizer)
+            # The retain model's log (cached after the first run; on a cold cache its model is built here).
+            reference = task.reference_log(template)
     accelerator.wait_for_everyone()
-    reference = task.reference_log(template)
 
     ref = None
     if spec.needs_reference:  # the frozen initial model, only for objectives that compare against it

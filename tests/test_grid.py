@@ -83,14 +83,14 @@ def test_rerun_skips_finished_jobs(grid, cache_dir):
 
 
 def test_rerun_refuses_a_finished_job_of_another_config(cache_dir, tmp_path):
-    args = ("-m", "seed=0", *SMALL, "trainer.max_steps=2", f"paths.output_dir={tmp_path}")
-    run_soul(*args, cache=cache_dir)
-    (job,) = jobs_of(tmp_path / "sweeps" / "default")
+    # A finished job (run in this process, to save an interpreter start; the grid test above runs
+    # jobs from the command line), whose saved config then differs from the one asked for.
+    job = tmp_path / "job"
+    same_job = (*SMALL, "trainer.max_steps=2")
+    run_in_process(*same_job, out_dir=job, cache=cache_dir)
     saved = job / "config.yaml"
     saved.write_text(saved.read_text().replace("max_grad_norm: 1.0", "max_grad_norm: 0.5"))
     metrics = (job / "metrics.json").read_text()
-    # The rerun of that job (the same composed config, in this process to save an interpreter start).
-    same_job = (*SMALL, "trainer.max_steps=2")
     with pytest.raises(ValueError) as err:
         run_in_process(*same_job, out_dir=job, cache=cache_dir)
     assert "trainer.max_grad_norm: 0.5 -> 1.0" in str(err.value) and "overwrite=true" in str(err.value)
